@@ -1,0 +1,29 @@
+"""Shared test utilities: random non-identity parameters and brute-force log-dets."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def perturb(variables, key, scale=0.2):
+  """Adds Gaussian noise to every float parameter (not to 'consts'): non-identity layers."""
+  if 'params' not in variables:
+    return variables
+  params = variables['params']
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  leaves = [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
+  return {**variables, 'params': jax.tree.unflatten(treedef, leaves)}
+
+
+def brute_force_logdet(fn, x):
+  """log|det J| of fn at a single example x (batch axis 1), via jax.jacfwd on the flat input."""
+  shape = x.shape
+
+  def flat_fn(v):
+    return fn(v.reshape(shape)).reshape(-1)
+
+  jac = jax.jacfwd(flat_fn)(x.reshape(-1))
+  assert jac.shape[0] == jac.shape[1], f'non-square Jacobian {jac.shape}'
+  sign, logdet = np.linalg.slogdet(np.asarray(jac, np.float64))
+  assert sign != 0
+  return logdet
