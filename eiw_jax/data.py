@@ -6,44 +6,35 @@ source or tfds and returns a `Split` of uint8 NHWC images reduced to `num_bits`.
 s depends only on (seed, s), so training resumes bit-exactly with start_step=s
 and the batch is the same whatever the number of hosts.
 
-Sources (`dcfg.source`): 'idx' (MNIST-format files), 'npz' (downsampled-ImageNet
-batches, or train.npz/test.npz holding `images` NHWC and optional `labels`),
-'folder' (image files), 'tfds' (prepared data only unless dcfg.download),
-'synthetic', and 'auto': dcfg.dir when given, then Debian's Fashion-MNIST, then
-prepared tfds data. Missing data fails fast with a `UserError` and writes nothing.
+Sources (`dcfg.source`, readers in `eiw_jax.data_sources`): 'idx' (MNIST-format
+files), 'npz' (downsampled-ImageNet batches, or train.npz/test.npz holding
+`images` NHWC and optional `labels`), 'pickle' (CIFAR-10's python batches in
+cifar-10-batches-py/), 'folder' (image files), 'tfds' (prepared data only unless
+dcfg.download), 'synthetic', and 'auto': dcfg.dir when given, then Debian's
+Fashion-MNIST, then prepared tfds data. Missing data fails fast with a
+`UserError` and writes nothing.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import gzip
-import math
 import os
 import pathlib
 import queue
-import re
 import threading
-import zipfile
-import zlib
 from typing import Iterator, Optional
 
 import numpy as np
 
+from eiw_jax.data_sources import (  # read_idx etc. are re-exported
+    CIFAR_SUBDIR, IMAGE_EXTS, LOADERS, TFDS_NAMES, check_shape, cifar_dir,
+    expand, idx_files, read_idx, synthetic_images, tfds_default_dir,
+    tfds_prepared)
 from eiw_jax.errors import UserError
 
 NAMES = ('mnist', 'fashion_mnist', 'cifar10', 'celeba', 'imagenet32',
          'imagenet64', 'synthetic')
-SOURCES = ('auto', 'tfds', 'idx', 'npz', 'folder', 'synthetic')
+SOURCES = ('auto', 'tfds', 'idx', 'npz', 'pickle', 'folder', 'synthetic')
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-TFDS_NAMES = {'mnist': 'mnist', 'fashion_mnist': 'fashion_mnist',
-              'cifar10': 'cifar10', 'celeba': 'celeb_a',
-              'imagenet32': 'downsampled_imagenet/32x32',
-              'imagenet64': 'downsampled_imagenet/64x64'}
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
-_IDX_RE = re.compile(r'^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$',
-                     re.IGNORECASE)
-_IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4',
-               0x0D: '>f4', 0x0E: '>f8'}
 
 
 @dataclasses.dataclass
@@ -69,11 +60,11 @@ def load_split(dcfg, split: str) -> Split:
   if source == 'auto':
     source, where = _resolve_auto(dcfg)
   else:
-    where = _expand(dcfg.get('dir', '')) if source != 'tfds' else ''
-    if source in ('idx', 'npz', 'folder') and not where:
+    where = expand(dcfg.get('dir', '')) if source != 'tfds' else ''
+    if source in ('idx', 'npz', 'pickle', 'folder') and not where:
       raise UserError(f'{name}: source {source!r} needs a directory; pass '
                       '--config.data.dir=DIR')
-  images, labels = _LOADERS[source](dcfg, split, where)
+  images, labels = LOADERS[source](dcfg, split, where)
   origin = f'{name} ({source} {where})' if where else f'{name} ({source})'
   images = _validate(dcfg, images, origin)
   if labels is not None:
@@ -193,41 +184,17 @@ def _prefetched(make_iter, size):
 # ---------------------------------------------------------------- resolution
 
 
-def _expand(d):
-  return os.path.abspath(os.path.expanduser(d)) if d else ''
-
-
-def _tfds_default_dir():
-  return _expand(os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
-
-
-def _tfds_prepared(name, data_dir):
-  """True if tfds data for `name` is prepared under data_dir (no tfds import)."""
-  root = pathlib.Path(data_dir, TFDS_NAMES[name])
-  return root.is_dir() and (any(root.glob('*/dataset_info.json'))
-                            or any(root.glob('*/*/dataset_info.json')))
-
-
-def _idx_files(d):
-  if not os.path.isdir(d):
-    return {}
-  out = {}
-  for f in sorted(os.listdir(d)):
-    m = _IDX_RE.match(f)
-    if m:
-      out.setdefault((m.group(1).lower(), m.group(2).lower()), os.path.join(d, f))
-  return out
-
-
 def _first(paths):
   return next(iter(paths), None) is not None
 
 
 def _detect(dcfg, d):
   """The kind of data in directory d, or None."""
-  if _idx_files(d):
+  if idx_files(d):
     return 'idx'
-  if dcfg.name in TFDS_NAMES and _tfds_prepared(dcfg.name, d):
+  if cifar_dir(d) is not None:
+    return 'pickle'
+  if dcfg.name in TFDS_NAMES and tfds_prepared(dcfg.name, d):
     return 'tfds'
   root = pathlib.Path(d)
   if _first(root.rglob('*.npz')):
@@ -239,7 +206,7 @@ def _detect(dcfg, d):
 
 def _resolve_auto(dcfg):
   """(source, directory) for source='auto'; never writes to disk."""
-  name, d = dcfg.name, _expand(dcfg.get('dir', ''))
+  name, d = dcfg.name, expand(dcfg.get('dir', ''))
   if name == 'synthetic':
     return 'synthetic', ''
   if d:
@@ -248,12 +215,13 @@ def _resolve_auto(dcfg):
                       'existing directory or --config.data.dir= for the default')
     kind = _detect(dcfg, d)
     if kind is None:
-      raise UserError(f'{name}: no IDX, npz, image or prepared tfds files in {d}; '
-                      'point --config.data.dir at the data')
+      raise UserError(f'{name}: no IDX, CIFAR-10 pickle, npz, image or '
+                      f'prepared tfds files in {d}; point --config.data.dir at '
+                      'the data')
     return kind, d
-  if name == 'fashion_mnist' and len(_idx_files(DEBIAN_FASHION_MNIST_DIR)) == 4:
+  if name == 'fashion_mnist' and len(idx_files(DEBIAN_FASHION_MNIST_DIR)) == 4:
     return 'idx', DEBIAN_FASHION_MNIST_DIR
-  if _tfds_prepared(name, _tfds_default_dir()) or dcfg.get('download', False):
+  if tfds_prepared(name, tfds_default_dir()) or dcfg.get('download', False):
     return 'tfds', ''
   raise UserError(_missing_message(name))
 
@@ -263,15 +231,16 @@ _HINTS = {
                       'or pass --config.data.dir=DIR with IDX files'),
     'mnist': ('pass --config.data.dir=DIR with the MNIST IDX files or add '
               '--config.data.download=True'),
-    'cifar10': ('pass --config.data.dir=DIR with npz or image files or add '
-                '--config.data.download=True'),
+    'cifar10': ('download cifar-10-python.tar.gz, extract it and pass '
+                f'--config.data.dir=DIR (the folder holding {CIFAR_SUBDIR}), '
+                'or add --config.data.download=True'),
     'celeba': ('pass --config.data.dir=DIR with the CelebA images (e.g. '
                'img_align_celeba/)'),
 }
 
 
 def _missing_message(name):
-  looked = f'the tfds data dir {_tfds_default_dir()}'
+  looked = f'the tfds data dir {tfds_default_dir()}'
   if name == 'fashion_mnist':
     looked = f'{DEBIAN_FASHION_MNIST_DIR} and {looked}'
   hint = _HINTS.get(name, 'pass --config.data.dir=DIR with the downsampled-'
@@ -290,252 +259,5 @@ def _validate(dcfg, images, where):
   if images.ndim != 4 or len(images) == 0:
     raise UserError(f'{where}: expected images [N>0, H, W, C], got shape '
                     f'{images.shape}; check the data files')
-  _check_shape(dcfg, images.shape[1:], where)
+  check_shape(dcfg, images.shape[1:], where)
   return images
-
-
-def _check_shape(dcfg, hwc, where):
-  h, w, c = hwc
-  if h != w:
-    raise UserError(f'{where}: images are {h}x{w}, not square; use the folder '
-                    'source (it center-crops) or fix the data')
-  if h != dcfg.image_size:
-    raise UserError(f'{where}: images are {h}x{w} but image_size='
-                    f'{dcfg.image_size}; set --config.data.image_size={h}')
-  if c != dcfg.channels:
-    raise UserError(f'{where}: images have {c} channels but channels='
-                    f'{dcfg.channels}; set --config.data.channels={c}')
-
-
-# ------------------------------------------------------------------- sources
-
-
-def read_idx(path) -> np.ndarray:
-  """Parses one IDX file (gzipped or not); UserError naming it if corrupt."""
-  try:
-    with open(path, 'rb') as f:
-      raw = f.read()
-    if raw[:2] == b'\x1f\x8b':
-      raw = gzip.decompress(raw)
-  except (OSError, EOFError, zlib.error) as e:
-    raise UserError(f'{path}: cannot read IDX file ({e}); re-download it') from e
-  if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] not in _IDX_DTYPES:
-    raise UserError(f'{path}: not an IDX file (bad magic {raw[:4].hex()}); '
-                    're-download it')
-  ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
-  if len(raw) < 4 + 4 * ndim:
-    raise UserError(f'{path}: IDX header truncated; re-download it')
-  dims = tuple(int(v) for v in np.frombuffer(raw, '>u4', ndim, 4))
-  offset, want = 4 + 4 * ndim, math.prod(dims) * dtype.itemsize
-  if len(raw) - offset != want:
-    raise UserError(f'{path}: IDX header says {dims} ({want} bytes) but the file '
-                    f'holds {len(raw) - offset}; it is truncated or corrupt, '
-                    're-download it')
-  return np.frombuffer(raw, dtype, offset=offset).reshape(dims).astype(
-      dtype.newbyteorder('='))
-
-
-def _load_idx(dcfg, split, d):
-  files, prefix = _idx_files(d), {'train': 'train', 'test': 't10k'}[split]
-  if (prefix, 'images') not in files:
-    raise UserError(f'{dcfg.name}: no {prefix}-images-idx3-ubyte[.gz] in {d}; '
-                    'point --config.data.dir at the IDX files')
-  images = read_idx(files[prefix, 'images'])
-  if images.ndim == 3:
-    images = images[..., None]  # [N, H, W, 1]
-  labels = files.get((prefix, 'labels'))
-  return images, None if labels is None else read_idx(labels)
-
-
-def _npy_shape(path, member):
-  """Shape and dtype of `member` inside an npz, without loading it."""
-  try:
-    with zipfile.ZipFile(path) as zf, zf.open(member + '.npy') as fh:
-      version = np.lib.format.read_magic(fh)
-      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
-      shape, _, dtype = read(fh)
-      return shape, dtype
-  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f'{path}: cannot read array {member!r} ({e}); re-download '
-                    'it') from e
-
-
-def _load_npz(dcfg, split, d):
-  root = pathlib.Path(d)
-  pattern = 'train_data_batch_*.npz' if split == 'train' else 'val_data.npz'
-  files = sorted(root.rglob(pattern),
-                 key=lambda p: (int(re.sub(r'\D', '', p.stem) or 0), str(p)))
-  if not files:
-    simple = sorted(root.rglob(f'{split}.npz'))
-    if not simple:
-      raise UserError(f'{dcfg.name}: no {pattern} or {split}.npz in {d}; point '
-                      '--config.data.dir at the npz files')
-    return _load_simple_npz(simple[0])
-  shapes = [_npy_shape(f, 'data') for f in files]
-  for f, (shape, dtype) in zip(files, shapes):
-    if dtype != np.uint8 or len(shape) != 2 or shape[1] != shapes[0][0][1]:
-      raise UserError(f'{f}: expected uint8 data [N, 3*H*W], got {dtype} '
-                      f'{shape}; re-download it')
-  size = int(round((shapes[0][0][1] / 3) ** 0.5))
-  if 3 * size * size != shapes[0][0][1]:
-    raise UserError(f'{files[0]}: rows of {shapes[0][0][1]} values are not '
-                    '3*H*H; re-download it')
-  _check_shape(dcfg, (size, size, 3), f'{dcfg.name} (npz {d})')
-  n = sum(s[0][0] for s in shapes)
-  images = np.empty((n, size, size, 3), np.uint8)  # filled batch by batch
-  labels, start = np.empty((n,), np.int32), 0
-  for f, ((k, _), _) in zip(files, shapes):
-    try:
-      with np.load(f) as z:
-        images[start:start + k] = z['data'].reshape(k, 3, size, size).transpose(
-            0, 2, 3, 1)
-        labels[start:start + k] = np.ravel(z['labels']) - 1  # 1-based
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-      raise UserError(f'{f}: cannot read data/labels ({e}); re-download it') from e
-    start += k
-  return images, labels
-
-
-def _load_simple_npz(path):
-  try:
-    with np.load(path) as z:
-      return z['images'], (z['labels'] if 'labels' in z.files else None)
-  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f'{path}: expected an npz with `images` [N, H, W, C] uint8 '
-                    f'({e}); fix the file') from e
-
-
-def _square_resize(im, size):
-  """Center-crops a PIL image to a square and resizes it to size x size."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = im.size
-  s = min(w, h)
-  left, top = (w - s) // 2, (h - s) // 2
-  im = im.crop((left, top, left + s, top + s))
-  if s != size:
-    resample = (Image.Resampling.LANCZOS if s > size
-                else Image.Resampling.BICUBIC)
-    im = im.resize((size, size), resample)
-  return im
-
-
-def _read_image(path, size, channels):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      im = _square_resize(im.convert('L' if channels == 1 else 'RGB'), size)
-      return np.asarray(im, np.uint8).reshape(size, size, channels)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: cannot read image ({e}); remove or replace the '
-                    'file') from e
-
-
-def _folder_files(root, split):
-  """Image paths of one split: root/{train,test}/, CelebA's partition file, or
-  every 10th sorted file as test."""
-  def images_under(d):
-    return sorted(p for p in d.rglob('*') if p.suffix.lower() in IMAGE_EXTS)
-  if (root / 'train').is_dir() and (root / 'test').is_dir():
-    return images_under(root / split)
-  files = images_under(root)
-  partition = root / 'list_eval_partition.txt'
-  if partition.is_file():  # CelebA: 0 train, 1 validation, 2 test
-    part = dict(line.split()[:2] for line in partition.read_text().splitlines()
-                if len(line.split()) >= 2)
-    keep = '0' if split == 'train' else '2'
-    return [p for p in files if part.get(p.name) == keep]
-  return [p for i, p in enumerate(files) if (i % 10 == 9) == (split == 'test')]
-
-
-def _load_folder(dcfg, split, d):
-  if dcfg.channels not in (1, 3):
-    raise UserError(f'{dcfg.name}: image folders give 1 or 3 channels, not '
-                    f'{dcfg.channels}; set --config.data.channels=3')
-  files = _folder_files(pathlib.Path(d), split)
-  if not files:
-    raise UserError(f'{dcfg.name}: no {split} images (png/jpg) in {d}; point '
-                    '--config.data.dir at the image folder')
-  size, c = dcfg.image_size, dcfg.channels
-  images = np.empty((len(files), size, size, c), np.uint8)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    for i, im in enumerate(pool.map(lambda p: _read_image(p, size, c), files)):
-      images[i] = im
-  return images, None
-
-
-def _load_tfds(dcfg, split, d):
-  """Reads tfds data prepared in d (or dcfg.dir, or the default data dir)."""
-  name = dcfg.name
-  if name not in TFDS_NAMES:
-    raise UserError(f'{name}: not available from tfds; set --config.data.source')
-  data_dir = d or _expand(dcfg.get('dir', '')) or _tfds_default_dir()
-  if not _tfds_prepared(name, data_dir) and not dcfg.get('download', False):
-    raise UserError(f'{name}: no prepared tfds data in {data_dir}; add '
-                    '--config.data.download=True (needs network) or pass '
-                    '--config.data.dir=DIR with local files')
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(f'{name}: cannot import tensorflow_datasets ({e}); install '
-                    'it with its dependencies (importlib_resources)') from e
-  try:
-    builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'{name}: cannot open the tfds data in {data_dir} '
-                    f'({reason}); re-prepare it or use local files') from e
-  if not builder.is_prepared():
-    if not dcfg.get('download', False):
-      raise UserError(f'{name}: the tfds data in {data_dir} is not version '
-                      f'{builder.version}; add --config.data.download=True')
-    builder.download_and_prepare(file_format='array_record')
-  try:
-    src = builder.as_data_source(split=split)
-    examples = [src[i] for i in range(len(src))]
-    raw = [np.asarray(ex['image']) for ex in examples]
-    labels = (np.array([ex['label'] for ex in examples])
-              if examples and 'label' in examples[0] else None)
-  except (NotImplementedError, ImportError):  # TFRecord, or decoding needs tf
-    try:
-      ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    except ImportError as e:
-      raise UserError(f'{name}: reading the tfds data in {data_dir} needs '
-                      'tensorflow here; install tensorflow or use local files '
-                      '(--config.data.dir)') from e
-    raw, labels = list(ds['image']), ds.get('label')
-  if raw and raw[0].shape[:2] != (dcfg.image_size,) * 2:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    mode = 'L' if dcfg.channels == 1 else 'RGB'
-    raw = [np.asarray(_square_resize(Image.fromarray(np.squeeze(x)).convert(
-        mode), dcfg.image_size)).reshape(dcfg.image_size, dcfg.image_size, -1)
-           for x in raw]
-  return np.stack(raw), labels
-
-
-def synthetic_images(n, size, channels, seed):
-  """n smooth random uint8 images (a few low-frequency waves plus noise)."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, n)
-  yy, xx = np.meshgrid(*(np.linspace(0, 1, size, dtype=np.float32),) * 2,
-                       indexing='ij')
-  x = np.zeros((n, size, size, channels), np.float32)
-  scale = 1 + labels[:, None, None, None] / 9  # the label sets the frequency
-  for _ in range(3):
-    fx, fy = rng.uniform(-1, 1, (2, n, 1, 1, 1)) * scale  # cycles per image
-    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, channels))
-    x += np.sin(2 * np.pi * (fx * xx[..., None] + fy * yy[..., None]) + phase)
-  x = 0.5 + x / 6 + 0.03 * rng.standard_normal(x.shape, np.float32)
-  return np.clip(np.round(x * 255), 0, 255).astype(np.uint8), labels
-
-
-def _load_synthetic(dcfg, split, d):
-  del d
-  n = dcfg.get('num_synthetic', 256)
-  n = n if split == 'train' else max(1, n // 4)
-  return synthetic_images(n, dcfg.image_size, dcfg.channels,
-                          seed=0 if split == 'train' else 1)
-
-
-_LOADERS = {'idx': _load_idx, 'npz': _load_npz, 'folder': _load_folder,
-            'tfds': _load_tfds, 'synthetic': _load_synthetic}

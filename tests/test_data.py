@@ -2,6 +2,7 @@
 import gc
 import gzip
 import os
+import pickle
 import struct
 import threading
 import time
@@ -132,6 +133,78 @@ def test_simple_npz_refuses_non_uint8(tmp_path):
   assert s.images.shape == (2, 4, 4, 1) and s.labels is None
 
 
+def write_cifar_batch(path, images, labels, protocol=2):
+  """A CIFAR-10 python batch: a pickled dict of channel-major uint8 rows."""
+  rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # [N, 3*H*W]
+  batch = {b'batch_label': b'tiny', b'labels': [int(v) for v in labels],
+           b'data': rows, b'filenames': [b'%d.png' % i for i in labels]}
+  with open(path, 'wb') as f:
+    pickle.dump(batch, f, protocol=protocol)
+
+
+def write_cifar_dir(root, n=2):
+  """root/cifar-10-batches-py with 5 train batches and a test batch of n 4x4
+  images; image 0 of data_batch_1 is pixel[h, w, c] = 100 c + 10 h + w."""
+  d = root / 'cifar-10-batches-py'
+  d.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  train = []
+  for k in range(1, 6):
+    im = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    if k == 1:
+      h, w, c = np.meshgrid(*(np.arange(4),) * 2, np.arange(3), indexing='ij')
+      im[0] = 100 * c + 10 * h + w
+    write_cifar_batch(d / f'data_batch_{k}', im, [k] * n)
+    train.append(im)
+  test = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+  write_cifar_batch(d / 'test_batch', test, range(n), pickle.HIGHEST_PROTOCOL)
+  return d, np.concatenate(train), test
+
+
+@pytest.mark.parametrize('level', ['parent', 'batches'])
+def test_cifar_pickle_round_trip_is_nhwc(tmp_path, level):
+  d, train, test = write_cifar_dir(tmp_path)
+  where = tmp_path if level == 'parent' else d
+  for source in ('auto', 'pickle'):
+    cfg = make_cfg(name='cifar10', source=source, dir=str(where), channels=3)
+    s = data.load_split(cfg, 'train')
+    np.testing.assert_array_equal(s.images, train)
+    assert s.images[0, 1, 2, 0] == 12 and s.images[0, 3, 0, 2] == 230
+    assert s.images[0, 0, 3, 1] == 103
+    np.testing.assert_array_equal(s.labels, np.repeat(np.arange(1, 6), 2))
+    assert s.images.dtype == np.uint8 and s.labels.dtype == np.int32
+    t = data.load_split(cfg, 'test')
+    np.testing.assert_array_equal(t.images, test)
+    np.testing.assert_array_equal(t.labels, [0, 1])
+  with pytest.raises(UserError, match=r'--config\.data\.image_size=4'):
+    data.load_split(make_cfg(name='cifar10', dir=str(where), image_size=32,
+                             channels=3), 'test')
+
+
+class _Evil:
+  def __reduce__(self):
+    return (os.getcwd, ())
+
+
+def test_cifar_bad_pickles_raise_one_line_user_error(tmp_path):
+  d, _, _ = write_cifar_dir(tmp_path)
+  cfg = make_cfg(name='cifar10', dir=str(tmp_path), channels=3)
+  p = d / 'test_batch'
+  raw = p.read_bytes()
+  bad = {'truncated or corrupt': raw[:len(raw) // 2],
+         'corrupt': b'\x80\x02junk',
+         'refusing to load': pickle.dumps({b'data': _Evil()}),
+         'expected a dict': pickle.dumps({b'labels': [0]})}
+  for match, contents in bad.items():
+    p.write_bytes(contents)
+    with pytest.raises(UserError, match=f'test_batch.*{match}') as e:
+      data.load_split(cfg, 'test')
+    assert '\n' not in str(e.value)
+  (d / 'data_batch_3').unlink()
+  with pytest.raises(UserError, match='no data_batch_3'):
+    data.load_split(cfg, 'train')
+
+
 def save_png(path, array):
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(array).save(path)
@@ -219,6 +292,8 @@ def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
   assert 'apt-get install dataset-fashion-mnist' in str(
       pytest.raises(UserError, data.load_split, make_cfg(name='fashion_mnist'),
                     'test').value)
+  with pytest.raises(UserError, match='cifar-10-python.tar.gz, extract it'):
+    data.load_split(make_cfg(name='cifar10'), 'train')
   with pytest.raises(UserError, match='does not exist'):
     data.load_split(make_cfg(dir=str(tmp_path / 'nowhere')), 'train')
   assert os.listdir(tmp_path) == []
