@@ -21,7 +21,7 @@ from eiw_jax.model import EIWFlow, rngs_for, to_discrete
 def init(model: EIWFlow, rng, images):
   """Data-dependent initialisation on a batch of integer images. Returns variables."""
   params_rng, call_rng = jax.random.split(rng)
-  return model.init({'params': params_rng, **rngs_for(call_rng)}, images)
+  return jax.jit(model.init)({'params': params_rng, **rngs_for(call_rng)}, images)
 
 
 def log_prob(model: EIWFlow, variables, images, rng):

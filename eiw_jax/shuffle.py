@@ -100,6 +100,8 @@ class Shuffle(Bijector):
 
   def __call__(self, u, inverse=False, **unused):
     self._check(u)
+    if self.is_initializing() and not inverse:
+      self.guider(u)  # create the guider's parameters whichever method inits
     perm = channel_order(self.solver())
     if inverse:
       perm = jnp.argsort(perm)
