@@ -1,0 +1,40 @@
+"""Evaluation modes (eval.py --mode=<mode>). One file per mode, each exposing
+`run(ctx: EvalContext) -> dict`; the dict is written to <workdir>/eval/<mode>.json
+and any PNGs go beside it (ctx.out_dir).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from typing import Any, Callable, Optional
+
+from eiw_jax.data import Split
+
+MODES = ('bpd', 'samples', 'reconstruct', 'interpolate', 'manipulate', 'entropy', 'channels',
+         'speed', 'fid', 'summary')
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """Everything a mode needs. Splits load lazily (summary and speed need no data)."""
+  model: Any                      # eiw_jax.EIWFlow
+  variables: Optional[dict]       # {'params', 'consts'}; None for modes that need no weights
+  config: Any                     # the run's ml_collections config (config.eval holds mode options)
+  out_dir: str                    # <workdir>/eval
+  rng: Any                        # a jax PRNG key
+  load_split: Callable[[str], Split] = None  # 'train' | 'test' -> Split (cached)
+
+  @functools.cached_property
+  def test(self) -> Split:
+    return self.load_split('test')
+
+  @functools.cached_property
+  def train(self) -> Split:
+    return self.load_split('train')
+
+
+def get_mode(name: str) -> Callable[[EvalContext], dict]:
+  if name not in MODES:
+    raise ValueError(f'unknown eval mode {name!r}; choose one of {", ".join(MODES)}')
+  return importlib.import_module(f'eiw_jax.evaluation.{name}').run

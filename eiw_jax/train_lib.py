@@ -1,0 +1,242 @@
+"""Training: state, optimiser, the jitted step, and `train_and_evaluate`.
+
+One `jax.jit` step over a 1-D device mesh: the batch is sharded along 'data',
+the state replicated and donated. Per-step randomness is fold_in(rng, step), the
+data order a function of (seed, step), so a resumed run repeats an uninterrupted
+one exactly. A step whose loss or gradient is not finite leaves the parameters
+and optimiser state unchanged and is counted.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from eiw_jax import api, data, sharding
+from eiw_jax.builder import build, validate
+from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.errors import UserError
+from eiw_jax.model import EIWFlow
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array              # int32 [], number of batches consumed
+  params: Any
+  consts: Any                  # non-trainable (LU permutation and signs)
+  opt_state: Any
+  ema_params: Any              # EMA of params, or None when off
+  rng: jax.Array               # typed PRNG key; step keys are fold_in(rng, step)
+  nonfinite_streak: jax.Array  # int32 [], non-finite steps in a row
+  nonfinite_total: jax.Array   # int32 [], non-finite steps in all
+
+  def variables(self, use_ema: bool = True) -> dict:
+    params = self.ema_params if use_ema and self.ema_params is not None else self.params
+    return {'params': params, 'consts': self.consts}
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip."""
+  warmup = max(int(optim.warmup_steps), 1)
+  schedule = lambda step: optim.lr * jnp.minimum(1.0, (step + 1) / warmup)
+  if optim.name == 'adamax':
+    opt = optax.adamax(schedule, b1=optim.b1, b2=optim.b2)
+  elif optim.name == 'adam':
+    opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2)
+  else:
+    raise UserError(f"optim.name must be 'adam' or 'adamax', got {optim.name!r}")
+  if optim.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
+  return opt
+
+
+def init_state(model: EIWFlow, optimizer, use_ema: bool, rng, first_batch) -> TrainState:
+  """Data-dependent init on the first global batch (the same for any device count)."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = api.init(model, init_rng, first_batch)
+  params = variables['params']
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, consts=variables.get('consts', {}),
+                    opt_state=optimizer.init(params), ema_params=params if use_ema else None,
+                    rng=state_rng, nonfinite_streak=zero, nonfinite_total=zero)
+
+
+def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, batch):
+  """One update. Returns (new state, metrics). Non-finite steps change nothing but counters."""
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    return api.loss(model, {'params': params, 'consts': state.consts}, batch, rng)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  ema = state.ema_params
+  if ema is not None:
+    ema = keep(jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params), ema)
+  bad = (~finite).astype(jnp.int32)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state), ema_params=ema,
+      nonfinite_streak=(state.nonfinite_streak + 1) * bad,
+      nonfinite_total=state.nonfinite_total + bad)
+  metrics = dict(metrics, grad_norm=grad_norm, nonfinite=bad,
+                 nonfinite_total=new_state.nonfinite_total,
+                 nonfinite_streak=new_state.nonfinite_streak)
+  return new_state, metrics
+
+
+class Trainer:
+  """Builds everything a run needs from a config; `init_or_restore` then `run`."""
+
+  def __init__(self, config, workdir: str):
+    validate(config)
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.data.batch_size, self.mesh)
+    self.model = build(config)
+    self.optimizer = make_optimizer(config.optim)
+    self.use_ema = config.optim.ema_decay > 0
+    self.data_sharding = sharding.data_sharding(self.mesh)
+    self.replicated = sharding.replicated(self.mesh)
+    self._init = jax.jit(functools.partial(init_state, self.model, self.optimizer, self.use_ema),
+                         out_shardings=self.replicated)
+    self._step = jax.jit(
+        functools.partial(train_step, self.model, self.optimizer, config.optim.ema_decay),
+        donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+
+  def abstract_state(self):
+    """The state's shapes, dtypes and shardings, without computing anything."""
+    d = self.config.data
+    batch = jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
+                                 jnp.int32, sharding=self.data_sharding)
+    shapes = jax.eval_shape(self._init, jax.random.key(0), batch)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+  def global_batch(self, local: np.ndarray) -> jax.Array:
+    return sharding.put_global_batch(local.astype(np.int32), self.mesh)
+
+  def batches(self, split: data.Split, start_step: int):
+    return data.batches(split, self.config.data.batch_size, seed=self.config.train.seed,
+                        start_step=start_step, process_index=jax.process_index(),
+                        process_count=jax.process_count())
+
+  def init_or_restore(self, ckpt: Checkpointer, train_split: data.Split) -> TrainState:
+    restored = ckpt.restore(self.abstract_state())
+    if restored is not None:
+      state, step = restored
+      log(f'resumed from step {step}')
+      return state
+    first = next(self.batches(train_split, 0))
+    return self._init(jax.random.key(self.config.train.seed), self.global_batch(first))
+
+
+def saved_config(workdir: Optional[str]):
+  """The config a run saved in <workdir>/config.json (for eval without --config)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir or '', 'config.json')
+  if not workdir or not os.path.exists(path):
+    raise UserError(f'no config given and none saved in {workdir!r}; pass --config=configs/<dataset>.py')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_for_eval(config, workdir: str):
+  """(model, variables, step) from the newest readable checkpoint in `workdir`."""
+  trainer = Trainer(config, workdir)
+  restored = None
+  if os.path.isdir(workdir):
+    ckpt = Checkpointer(workdir, max_to_keep=None, config=config)
+    try:
+      restored = ckpt.restore(trainer.abstract_state())
+    finally:
+      ckpt.close()
+  if restored is None:
+    raise UserError(f'no checkpoint in {workdir}; train first: python train.py '
+                    f'--config=<config> --workdir={workdir}')
+  state, step = restored
+  return trainer.model, state.variables(), step
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(msg, file=sys.stderr)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, *unused):
+    self.requested = True
+
+  def __exit__(self, *unused):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
+  # pylint: disable=g-import-not-at-top
+  from eiw_jax import train_monitor
+  if config.train.distributed:
+    jax.distributed.initialize()
+  trainer = Trainer(config, workdir)
+  train_split = data.load_split(config.data, 'train')
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
+  state = trainer.init_or_restore(ckpt, train_split)
+  start = int(state.step)
+  total = int(config.train.num_steps)
+  monitor = train_monitor.Monitor(trainer, workdir, start, total)
+  batches = trainer.batches(train_split, start)
+  last = {}
+  try:
+    with _Preemption() as preemption:
+      for step in range(start + 1, total + 1):
+        state, metrics = trainer._step(state, trainer.global_batch(next(batches)))
+        monitor.tick()
+        eval_due = step % config.train.eval_every == 0 or step == total
+        record = monitor.evaluate(step, state) if eval_due else {}
+        if eval_due or step % config.train.log_every == 0:
+          last = monitor.log(step, metrics, record)
+          if last['nonfinite_streak'] >= config.train.max_nonfinite_steps:
+            raise UserError(
+                f'stopped at step {step}: {int(last["nonfinite_streak"])} non-finite steps in a '
+                f'row (parameters unchanged since they began; the last checkpoint is kept); '
+                f'lower --config.optim.lr or set --config.optim.grad_clip')
+        if step % config.train.checkpoint_every == 0 or step == total or preemption.requested:
+          ckpt.save(step, state, force=True)
+        if preemption.requested:
+          ckpt.wait()
+          log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
+          break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    monitor.close()
+  return last

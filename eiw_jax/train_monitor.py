@@ -1,0 +1,98 @@
+"""What a training run shows and writes: the progress bar, <workdir>/metrics.jsonl,
+TensorBoard event files (<workdir>/tb), test bits/dim and sample grids
+(<workdir>/samples/step_XXXXXXXX.png). Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from eiw_jax import api, data, losses
+
+
+class Monitor:
+
+  def __init__(self, trainer, workdir: str, start: int, total: int):
+    self.trainer, self.workdir = trainer, workdir
+    self.config = trainer.config
+    self.is_main = jax.process_index() == 0
+    self.pbar = tqdm.tqdm(total=total, initial=start, unit='step', dynamic_ncols=True,
+                          disable=not self.is_main, file=sys.stderr, smoothing=0.1)
+    self._last_time, self._last_step = time.perf_counter(), start
+    self._writer = None
+    if self.is_main:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(os.path.join(workdir, 'tb'))
+    model = trainer.model
+    self._log_prob = jax.jit(lambda v, x, k: api.log_prob(model, v, x, k))
+    n, temp = self.config.train.num_samples, self.config.train.sample_temperature
+    self._sample = jax.jit(lambda v, k: api.sample(model, v, k, n, temp))
+    self._test = None
+
+  def tick(self) -> None:
+    self.pbar.update(1)
+
+  def log(self, step: int, metrics, extra=None) -> dict:
+    """Fetches the step's metrics (one host sync per logged step) and writes them."""
+    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    record['images_per_s'] = steps * self.config.data.batch_size / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    record.update(extra or {})
+    record = {'step': step, **record}
+    self.pbar.set_postfix(bpd=f'{record["bpd"]:.3f}', img_s=f'{record["images_per_s"]:.1f}',
+                          refresh=False)
+    self._write(record)
+    return record
+
+  def evaluate(self, step: int, state) -> dict:
+    """Test bits/dim on config.train.eval_examples images, and a sample grid PNG."""
+    t0 = time.perf_counter()
+    variables = state.variables()
+    if self._test is None:
+      self._test = data.load_split(self.config.data, 'test')
+    b = self.config.data.batch_size
+    num_batches = max(1, min(self.config.train.eval_examples, len(self._test.images)) // b)
+    it = data.batches(self._test, b, seed=0, shuffle=False, repeat=True,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+    key = jax.random.key(self.config.train.seed + 1)
+    total = 0.0
+    for i in range(num_batches):
+      lp = self._log_prob(variables, self.trainer.global_batch(next(it)), jax.random.fold_in(key, i))
+      total += float(jnp.mean(lp))
+    num_dims = self.trainer.model.num_dims
+    result = {'test_bpd': float(losses.bits_per_dim(total / num_batches, num_dims))}
+    samples = self._sample(variables, jax.random.fold_in(key, step))
+    if self.is_main:
+      from eiw_jax.evaluation.images import save_grid  # pylint: disable=g-import-not-at-top
+      path = os.path.join(self.workdir, 'samples', f'step_{step:08d}.png')
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      save_grid(np.asarray(jax.device_get(samples)), path, self.config.data.num_bits)
+      result['sample_grid'] = path
+    self.pbar.write(f'step {step}: test bpd {result["test_bpd"]:.4f} '
+                    f'({time.perf_counter() - t0:.1f}s)', file=sys.stderr)
+    # The eval time must not count against the training images/s.
+    self._last_time += time.perf_counter() - t0
+    return result
+
+  def _write(self, record: dict) -> None:
+    if not self.is_main:
+      return
+    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for k, v in record.items():
+      if k != 'step' and isinstance(v, (int, float)):
+        self._writer.add_scalar(k, v, record['step'])
+
+  def close(self) -> None:
+    self.pbar.close()
+    if self._writer is not None:
+      self._writer.close()

@@ -1,0 +1,93 @@
+"""The pipeline end to end on the smoke config and tiny generated data: train,
+checkpoint, resume, evaluate; and the command line's errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from eiw_jax import train_lib
+from eiw_jax.config_lib import base_config, smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(**train):
+  cfg = smoke(base_config(name='synthetic', image_size=8, channels=1, batch_size=8,
+                          train_steps=4, num_scales=2, num_steps=1))
+  cfg.data.update(source='synthetic', num_synthetic=64)
+  cfg.train.update(train)
+  return cfg
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  result = train_lib.train_and_evaluate(smoke_config(), workdir)
+  return workdir, result
+
+
+def test_training_writes_metrics_checkpoints_and_samples(trained):
+  workdir, result = trained
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines] == [2, 4]
+  assert all(np.isfinite(l['bpd']) and l['bpd'] > 0 for l in lines)
+  assert 'test_bpd' in lines[-1] and result['test_bpd'] == lines[-1]['test_bpd']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_00000004.png'))
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert os.listdir(os.path.join(workdir, 'tb'))
+
+
+def test_resume_continues_and_matches_uninterrupted(trained, tmp_path, capsys):
+  workdir, _ = trained
+  # Continue the 4-step run to 6 steps, and compare with a fresh 6-step run.
+  train_lib.train_and_evaluate(smoke_config(num_steps=6), workdir)
+  assert 'resumed from step 4' in capsys.readouterr().err
+  fresh = str(tmp_path / 'fresh')
+  train_lib.train_and_evaluate(smoke_config(num_steps=6), fresh)
+  _, resumed_vars, step_a = train_lib.load_for_eval(smoke_config(num_steps=6), workdir)
+  _, fresh_vars, step_b = train_lib.load_for_eval(smoke_config(num_steps=6), fresh)
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(resumed_vars), jax.tree.leaves(fresh_vars)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_eval_cli_on_a_workdir(trained):
+  workdir, _ = trained
+  proc = _run('eval.py', f'--workdir={workdir}', '--mode=bpd')
+  assert proc.returncode == 0, proc.stderr
+  result = json.load(open(os.path.join(workdir, 'eval', 'bpd.json')))
+  assert result['bpd'] > 0 and json.loads(proc.stdout[proc.stdout.index('{'):]) == result
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+  workdir = tmp_path / 'w'
+  cases = [
+      # unknown config key (typo in an override)
+      ('train.py', '--config=configs/fashion_mnist.py:smoke', f'--workdir={workdir}',
+       '--config.optim.lrr=1'),
+      # missing dataset
+      ('train.py', '--config=configs/cifar10.py:smoke', f'--workdir={workdir}',
+       f'--config.data.dir={tmp_path}/nothing'),
+      # invalid hyperparameter
+      ('train.py', '--config=configs/fashion_mnist.py:smoke', f'--workdir={workdir}',
+       '--config.model.kl_weight=-1', '--config.data.source=synthetic'),
+      # eval without a checkpoint
+      ('eval.py', '--config=configs/fashion_mnist.py:smoke', f'--workdir={workdir}'),
+  ]
+  for args in cases:
+    proc = _run(*args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 1, (args, proc.stderr)
+    assert 'Traceback' not in proc.stderr
+  assert not workdir.exists() or not os.listdir(workdir)

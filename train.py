@@ -1,0 +1,26 @@
+"""Train EIW-Flow: python train.py --config=configs/fashion_mnist.py:small --workdir=runs/fm
+
+Flags only; the loop is eiw_jax.train_lib.train_and_evaluate. Rerunning the same
+command resumes from the newest complete checkpoint in --workdir.
+"""
+from absl import flags
+from ml_collections import config_flags
+
+from eiw_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  from eiw_jax import train_lib  # pylint: disable=g-import-not-at-top
+  result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result.get('test_bpd') is not None:
+    print(f'final test bits/dim: {result["test_bpd"]:.4f} (workdir {_WORKDIR.value})')
+
+
+if __name__ == '__main__':
+  cli.run_main(main)
