@@ -55,6 +55,7 @@ class Monitor:
 
   def evaluate(self, step: int, state) -> dict:
     """Test bits/dim on config.train.eval_examples images, and a sample grid PNG."""
+    jax.block_until_ready(state)  # finish the queued training steps before timing the eval
     t0 = time.perf_counter()
     variables = state.variables()
     if self._test is None:
