@@ -26,6 +26,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       coupling='affine',        # 'affine' or 'additive'
       log_scale_bound=2.0,      # log-scale = b * tanh(s / b)
       initial_squeeze=True,
+      scan=True,                # stack repeated steps and run them with lax.scan
+      invertible_grad=False,    # recompute activations from outputs in the backward pass
       shuffle=True,             # the EIW Shuffle; False = vanilla multi-scale flow
       shuffle_reduction=16,     # guider reduction ratio r
       solver_layers=2,          # L_S
@@ -67,9 +69,10 @@ def validate(config) -> None:
     raise UserError(f"model.split_prior must be 'standard' or 'conditional', got {m.split_prior!r}")
 
 
-def _glow_body(k, name, **step_kwargs):
-  num_steps = step_kwargs.pop('num_steps')
-  return GlowScale(num_steps=num_steps, step=functools.partial(GlowStep, **step_kwargs), name=name)
+def _glow_body(k, name, num_steps, scan, invertible_grad, **step_kwargs):
+  del k  # every scale has the same structure
+  return GlowScale(num_steps=num_steps, step=functools.partial(GlowStep, **step_kwargs),
+                   scan=scan, invertible_grad=invertible_grad, name=name)
 
 
 def build(config) -> EIWFlow:
@@ -77,7 +80,8 @@ def build(config) -> EIWFlow:
   validate(config)
   m, d = config.model, config.data
   if m.backbone == 'glow':
-    body = functools.partial(_glow_body, num_steps=m.num_steps, hidden=m.hidden, lu=m.lu,
+    body = functools.partial(_glow_body, num_steps=m.num_steps, scan=m.scan,
+                             invertible_grad=m.invertible_grad, hidden=m.hidden, lu=m.lu,
                              affine=m.coupling == 'affine', log_scale_bound=m.log_scale_bound)
   else:
     from eiw_jax import denseflow  # pylint: disable=g-import-not-at-top

@@ -25,6 +25,7 @@ from flax import linen as nn
 
 from eiw_jax.bijectors import (ActNorm, Bijector, Chain, Coupling, InvConv1x1,
                                Permute, squeeze, sum_event, unsqueeze, zero_logdet)
+from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.nets import ConvNet
 from eiw_jax.shuffle import Shuffle
 
@@ -48,12 +49,22 @@ class GlowStep(Bijector):
 
 
 class GlowScale(Bijector):
-  """The N flow steps of one scale (f_k = f_k^N o ... o f_k^1, Eq. 5)."""
+  """The N flow steps of one scale (f_k = f_k^N o ... o f_k^1, Eq. 5).
+
+  With `scan=True` the steps' parameters are stacked and run by `lax.scan` (one
+  compile for any N); `invertible_grad=True` then recomputes activations in the
+  backward pass instead of storing them (see bijectors/scan.py).
+  """
   num_steps: int
   step: Callable[..., Bijector] = GlowStep
+  scan: bool = True
+  invertible_grad: bool = False
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
+    if self.scan:
+      return Repeat(self.step, self.num_steps, self.invertible_grad, name='steps')(
+          x, inverse=inverse, **kwargs)
     steps = tuple(self.step(name=f'step_{i}') for i in range(self.num_steps))
     total = zero_logdet(x)
     for s in (reversed(steps) if inverse else steps):
