@@ -1,0 +1,316 @@
+"""DenseFlow's scale body and variational dequantizer (Grcić et al., "Densely
+connected normalizing flows", NeurIPS 2021): the backbone of EIW-Flow (paper §4;
+DESIGN.md §2, DenseFlow-74-10).
+
+One scale is a dense block of `num_units` units, each a chain of `num_modules`
+Glow-like modules (`DenseFlowModule`). Before unit i >= 1 a cross-unit coupling
+(DenseFlow §3.2, "incremental augmentation") appends `growth` channels of noise
+eta_hat = mu + sigma * eta, eta ~ N(0, I), with (mu, log sigma) computed from
+the block input and the earlier unit outputs. Channels therefore grow from C to
+C + (num_units - 1) * growth across the scale. Each augmentation contributes
+sum(log sigma) - log N(eta) to the scale's logdet, so that the flow's
+log-density minus these terms is DenseFlow's variational lower bound.
+
+What the cross-unit net sees (from DenseFlow's code): before unit i it
+conditions on concat(x_0, y_0, ..., y_{i-2}), the block input and the outputs
+of all units but the immediately preceding one (whose output y_{i-1} is the
+half that eta_hat is appended to). Its width is 4x its input channels.
+
+Modules inside a unit are run by `flax.linen.scan` (parameters stacked along a
+leading axis of length `num_modules`), so compile time grows with the number of
+units, not modules. Initialisation runs inside the scan: each module's ActNorm
+is initialised from its own input.
+
+Randomness: the forward direction of `CrossUnitCoupling` / `DenseFlowScale`
+draws eta from the 'noise' rng stream (pass `rngs={'noise': key}` to `init` and
+`apply`), unless the noise is given explicitly with the `noise` argument. The
+inverse needs no randomness: eta is recovered from eta_hat and the context.
+The dequantizer draws from the 'dequant' stream.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
+                               sum_event, unsqueeze, zero_logdet)
+from eiw_jax.densenet import Conv, DenseBlock, DenseCouplingNet
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def denseflow_74_10() -> dict:
+  """DenseFlow-74-10's hyperparameters (DenseFlow README, CIFAR-10/ImageNet).
+
+  `net` holds the fields shared by `DenseCouplingNet`, `DenseFlowModule` and
+  `DenseFlowScale`; `dequant` the fields of `DenseFlowDequantizer`. Scale k is
+  `DenseFlowScale(num_units=units[k], num_modules=modules[k], growth=growth,
+  cross_hidden_mult=cross_hidden_mult, **net)`.
+  """
+  return dict(
+      units=(6, 4, 1),
+      modules=(5, 6, 20),           # 6*5 + 4*6 + 1*20 = 74 modules
+      growth=10,                    # channels added by each cross-unit coupling
+      cross_hidden_mult=4,          # cross-unit net width = 4 * its input channels
+      net=dict(hidden=48, dense_growth=64, depth=7, embed=24, num_landmarks=4,
+               newton_iters=6),
+      dequant=dict(num_steps=4, hidden=64, depth=4, growth=64,
+                   context_channels=64, context_depth=4, context_growth=16),
+  )
+
+
+def _std_normal_logpdf(eta):
+  """log N(eta; 0, I) summed over event dims: [B, ...] -> [B]."""
+  return sum_event(-0.5 * jnp.square(eta.astype(jnp.float32)) - _HALF_LOG_2PI)
+
+
+class DenseFlowModule(Bijector):
+  """ActNorm -> invertible 1x1 conv -> affine coupling -> channel switch.
+
+  The coupling transforms the last floor(C/2) channels given the first
+  ceil(C/2) with a `DenseCouplingNet` (fields below) and a zero-initialised 1x1
+  output conv; log-scale = 2 tanh(s / 2). The 1x1 conv is a free matrix with an
+  on-device slogdet (`lu=False`, DenseFlow's parametrisation and parameter
+  count); `lu=True` uses the LU form.
+  """
+  hidden: int = 48
+  dense_growth: int = 64
+  depth: int = 7
+  embed: int = 24
+  num_landmarks: int = 4
+  newton_iters: int = 6
+  lu: bool = False
+  log_scale_bound: float = 2.0
+
+  @nn.compact
+  def __call__(self, x, inverse=False, **unused):
+    net = functools.partial(
+        DenseCouplingNet, hidden=self.hidden, dense_growth=self.dense_growth,
+        depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
+        newton_iters=self.newton_iters)
+    layers = [
+        ActNorm(name='actnorm'),
+        InvConv1x1(lu=self.lu, name='invconv'),
+        Coupling(conditioner=net, log_scale_bound=self.log_scale_bound,
+                 out_kernel=1, name='coupling'),
+        Permute('swap', name='switch'),
+    ]
+    total = zero_logdet(x)
+    for layer in (reversed(layers) if inverse else layers):
+      x, logdet = layer(x, inverse=inverse)
+      total = total + logdet
+    return x, total
+
+
+class CrossUnitCoupling(Bijector):
+  """DenseFlow's cross-unit coupling (incremental augmentation).
+
+  forward(x [B,H,W,C], context [B,H,W,C_ctx], noise=None)
+      -> (concat(x, eta_hat) [B,H,W,C+growth], logdet [B])
+  inverse(y [B,H,W,C+growth], context) -> (y[..., :C], -logdet)
+
+  (mu, raw) = zero-init 1x1 conv(ReLU(3x3 conv(context))) with hidden width
+  `cross_hidden_mult * C_ctx`; log sigma = 2 tanh(raw / 2);
+  eta_hat = mu + exp(log sigma) * eta. logdet = sum(log sigma) - log N(eta): the
+  log-determinant of the square map (x, eta) -> y minus eta's log-density, so
+  that adding it to a log-density gives the augmented bound. `noise` ([B,H,W,
+  growth], standard normal) replaces the draw from the 'noise' stream; tests
+  use it to check the logdet against the Jacobian of (x, eta) -> y.
+  """
+  growth: int = 10
+  cross_hidden_mult: int = 4
+  log_scale_bound: float = 2.0
+
+  @nn.compact
+  def __call__(self, x, inverse=False, context: Optional[jnp.ndarray] = None,
+               noise: Optional[jnp.ndarray] = None, **unused):
+    if context is None:
+      raise ValueError('CrossUnitCoupling needs the `context` it conditions on')
+    g = self.growth
+    h = nn.Conv(self.cross_hidden_mult * context.shape[-1], (3, 3),
+                name='hidden')(context)                 # [B, H, W, 4 C_ctx]
+    out = nn.Conv(2 * g, (1, 1), kernel_init=nn.initializers.zeros,
+                  name='out')(nn.relu(h))                # [B, H, W, 2g]
+    mu, raw = out[..., :g], out[..., g:]
+    log_s = self.log_scale_bound * jnp.tanh(raw / self.log_scale_bound)
+    if inverse:
+      xa, eta_hat = x[..., :-g], x[..., -g:]
+      eta = (eta_hat - mu) * jnp.exp(-log_s)
+      return xa, _std_normal_logpdf(eta) - sum_event(log_s)
+    if noise is None:
+      noise = jax.random.normal(self.make_rng('noise'), x.shape[:-1] + (g,), x.dtype)
+    eta_hat = (mu + jnp.exp(log_s) * noise).astype(x.dtype)
+    y = jnp.concatenate([x, eta_hat], axis=-1)           # [B, H, W, C + g]
+    return y, sum_event(log_s) - _std_normal_logpdf(noise)
+
+
+class _ScanStep(nn.Module):
+  """One module as a scan body: carry (x, logdet) -> (x', logdet + ld)."""
+  module: functools.partial
+  inverse: bool = False
+
+  @nn.compact
+  def __call__(self, carry, _):
+    x, total = carry
+    x, logdet = self.module(name='module')(x, inverse=self.inverse)
+    return (x, total + logdet), None
+
+
+class DenseFlowScale(Bijector):
+  """One DenseFlow scale: `num_units` units of `num_modules` modules each, with
+  a cross-unit coupling before every unit i >= 1.
+
+  forward(x [B,H,W,C], noise=None) -> (y [B,H,W,C + (num_units-1)*growth], ld)
+  inverse(y, **unused) -> (x, -ld)
+  `noise`, if given, is a sequence of num_units - 1 standard-normal arrays
+  [B,H,W,growth], one per cross-unit coupling (else drawn from 'noise').
+  `remat=True` rematerialises each module in the backward pass (less memory).
+  """
+  num_units: int
+  num_modules: int
+  growth: int = 10
+  cross_hidden_mult: int = 4
+  hidden: int = 48
+  dense_growth: int = 64
+  depth: int = 7
+  embed: int = 24
+  num_landmarks: int = 4
+  newton_iters: int = 6
+  lu: bool = False
+  log_scale_bound: float = 2.0
+  remat: bool = False
+
+  def _unit(self, i, x, inverse):
+    module = functools.partial(
+        DenseFlowModule, hidden=self.hidden, dense_growth=self.dense_growth,
+        depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
+        newton_iters=self.newton_iters, lu=self.lu,
+        log_scale_bound=self.log_scale_bound)
+    body = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
+    scan = nn.scan(body, variable_axes={'params': 0, 'consts': 0},
+                   split_rngs={'params': True}, length=self.num_modules,
+                   reverse=inverse)
+    (x, logdet), _ = scan(module=module, inverse=inverse, name=f'unit{i}')(
+        (x, zero_logdet(x)), None)
+    return x, logdet
+
+  def _cross(self, i):
+    return CrossUnitCoupling(self.growth, self.cross_hidden_mult,
+                             self.log_scale_bound, name=f'cross{i}')
+
+  @nn.compact
+  def __call__(self, x, inverse=False, noise: Optional[Sequence[jnp.ndarray]] = None,
+               **unused):
+    if noise is not None and len(noise) != self.num_units - 1:
+      raise ValueError(f'need {self.num_units - 1} noise arrays, got {len(noise)}')
+    if inverse:
+      return self._inverse(x)
+    feats = [x]                                      # x_0, y_0, ..., y_{i-2}
+    y, total = self._unit(0, x, False)
+    for i in range(1, self.num_units):
+      ctx = jnp.concatenate(feats, axis=-1)
+      aug, logdet = self._cross(i)(y, context=ctx,
+                                   noise=None if noise is None else noise[i - 1])
+      feats.append(y)
+      total = total + logdet
+      y, logdet = self._unit(i, aug, False)          # [B, H, W, C + i * growth]
+      total = total + logdet
+    return y, total
+
+  def _inverse(self, y):
+    total = zero_logdet(y)
+    augmented = {}
+    for i in range(self.num_units - 1, 0, -1):
+      aug, logdet = self._unit(i, y, True)           # concat(y_{i-1}, eta_hat_i)
+      total = total + logdet
+      augmented[i] = aug
+      y = aug[..., :-self.growth]
+    x, logdet = self._unit(0, y, True)
+    total = total + logdet
+    # The cross-unit terms need the block input and earlier unit outputs,
+    # known only once the whole block has been inverted.
+    feats = [x]
+    for i in range(1, self.num_units):
+      ctx = jnp.concatenate(feats, axis=-1)
+      prev, logdet = self._cross(i)(augmented[i], inverse=True, context=ctx)
+      feats.append(prev)
+      total = total + logdet
+    return x, total
+
+
+class _DequantCouplingNet(nn.Module):
+  """DenseFlow's dequantizer coupling features: 1x1 conv on concat(x_a,
+  context) -> hidden, then a residual gated dense block."""
+  hidden: int = 64
+  depth: int = 4
+  growth: int = 64
+
+  @nn.compact
+  def __call__(self, x, context=None):
+    if context is not None:
+      x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
+    h = Conv(self.hidden, 1, name='in')(x)          # [B, H/2, W/2, hidden]
+    return h + DenseBlock(self.hidden, self.depth, self.growth, name='dense')(h)
+
+
+class DenseFlowDequantizer(nn.Module):
+  """DenseFlow's variational dequantizer q(u | x) (Flow++, Ho et al. 2019, §3.1).
+
+  `__call__(x, num_bits, eps=None) -> (u, log_q)`: x integer [B,H,W,C] in
+  [0, 2**num_bits); u float32 (0, 1)^{H,W,C}; log_q [B] = log q(u | x).
+
+  Context: x -> 2x / (2**b - 1) - 1 -> gated dense block (C -> hidden) -> 2x2
+  stride-2 conv -> gated dense block (-> context_channels)   # [B,H/2,W/2,64]
+  Flow on squeezed noise [B,H/2,W/2,4C]: eps ~ N(0, I) ('dequant' stream, or
+  the explicit `eps`), z = loc + exp(log_scale) * eps (DenseFlow's learned
+  per-channel base, zero-initialised), `num_steps` x [1x1 conv, conditional
+  affine coupling], a last 1x1 conv, unsqueeze, sigmoid. log_q is
+  log N(eps; 0, I) minus the logdet of eps -> u.
+  """
+  num_steps: int = 4
+  hidden: int = 64
+  depth: int = 4
+  growth: int = 64
+  context_channels: int = 64
+  context_depth: int = 4
+  context_growth: int = 16
+  lu: bool = False
+  log_scale_bound: float = 2.0
+
+  @nn.compact
+  def __call__(self, x, num_bits: int, eps: Optional[jnp.ndarray] = None):
+    b, h, w, c = x.shape
+    xf = 2.0 * x.astype(jnp.float32) / (2 ** num_bits - 1) - 1.0
+    ctx = DenseBlock(self.hidden, self.context_depth, self.context_growth,
+                     name='context_in')(xf)             # [B, H, W, hidden]
+    ctx = nn.Conv(self.hidden, (2, 2), strides=(2, 2), padding='VALID',
+                  name='context_down')(ctx)             # [B, H/2, W/2, hidden]
+    ctx = DenseBlock(self.context_channels, self.context_depth, self.context_growth,
+                     name='context_out')(ctx)           # [B, H/2, W/2, ctx]
+
+    shape = (b, h // 2, w // 2, 4 * c)
+    if eps is None:
+      eps = jax.random.normal(self.make_rng('dequant'), shape, jnp.float32)
+    loc = self.param('base_loc', nn.initializers.zeros, (4 * c,))
+    log_scale = self.param('base_log_scale', nn.initializers.zeros, (4 * c,))
+    z = loc + jnp.exp(log_scale) * eps                  # [B, H/2, W/2, 4C]
+    log_q = _std_normal_logpdf(eps) - jnp.sum(log_scale) * (h // 2) * (w // 2)
+    net = functools.partial(_DequantCouplingNet, hidden=self.hidden,
+                            depth=self.depth, growth=self.growth)
+    for s in range(self.num_steps):
+      z, logdet = InvConv1x1(lu=self.lu, name=f'invconv{s}')(z)
+      log_q = log_q - logdet
+      z, logdet = Coupling(conditioner=net, log_scale_bound=self.log_scale_bound,
+                           out_kernel=1, name=f'coupling{s}')(z, context=ctx)
+      log_q = log_q - logdet
+    z, logdet = InvConv1x1(lu=self.lu, name=f'invconv{self.num_steps}')(z)
+    log_q = log_q - logdet
+    z = unsqueeze(z)                                    # [B, H, W, C]
+    # log sigmoid'(z) = -softplus(-z) - softplus(z)
+    log_q = log_q + sum_event(jax.nn.softplus(-z) + jax.nn.softplus(z))
+    return jax.nn.sigmoid(z), log_q
