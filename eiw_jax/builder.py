@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import ml_collections
 
+from eiw_jax.denseflow import DenseFlowDequantizer, DenseFlowScale, denseflow_74_10
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
 from eiw_jax.errors import UserError
 from eiw_jax.flow import GlowScale, GlowStep, MultiScaleFlow
@@ -38,6 +40,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dequantizer='uniform',    # 'uniform' or 'variational'
       dequant_steps=4,
       dequant_hidden=32,
+      compute_dtype='float32',  # conditioner nets: 'float32' or 'bfloat16' (logdets stay float32)
       denseflow=ml_collections.ConfigDict(),  # backbone='denseflow' settings
   ))
   cfg.update(overrides)
@@ -61,12 +64,25 @@ def validate(config) -> None:
         f'or an image size divisible by {factor}')
   if m.backbone not in ('glow', 'denseflow'):
     raise UserError(f"model.backbone must be 'glow' or 'denseflow', got {m.backbone!r}")
+  if m.backbone == 'denseflow' and len(m.denseflow.units) != m.num_scales:
+    raise UserError(f'model.denseflow.units has {len(m.denseflow.units)} scales but '
+                    f'model.num_scales={m.num_scales}; make them agree')
   if m.coupling not in ('affine', 'additive'):
     raise UserError(f"model.coupling must be 'affine' or 'additive', got {m.coupling!r}")
   if m.dequantizer not in ('uniform', 'variational'):
     raise UserError(f"model.dequantizer must be 'uniform' or 'variational', got {m.dequantizer!r}")
   if m.split_prior not in ('standard', 'conditional'):
     raise UserError(f"model.split_prior must be 'standard' or 'conditional', got {m.split_prior!r}")
+  dtype = m.get('compute_dtype', 'float32')  # configs saved before the key existed
+  if dtype not in _COMPUTE_DTYPES:
+    raise UserError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  if dtype != 'float32' and m.backbone != 'glow':
+    raise UserError(f'model.compute_dtype={dtype} is supported by the glow backbone only; '
+                    'set --config.model.compute_dtype=float32')
+
+
+# The conditioners' compute dtype (None: float32); parameters stay float32.
+_COMPUTE_DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
 
 def _glow_body(k, name, num_steps, scan, invertible_grad, **step_kwargs):
@@ -75,17 +91,37 @@ def _glow_body(k, name, num_steps, scan, invertible_grad, **step_kwargs):
                    scan=scan, invertible_grad=invertible_grad, name=name)
 
 
+def _denseflow_body(k, name, units, modules, net, dequant, **scale_kwargs):
+  del dequant  # the dequantizer's settings
+  return DenseFlowScale(num_units=units[k], num_modules=modules[k], name=name,
+                        **net, **scale_kwargs)
+
+
+def denseflow_config(**overrides) -> ml_collections.ConfigDict:
+  """The model keys of DenseFlow-74-10 with the Shuffle at its two transitions
+  (DESIGN §2): learned base, variational dequantizer, plain 1x1 convolutions."""
+  cfg = model_config(backbone='denseflow', num_scales=3, lu=False, learned_base=True,
+                     dequantizer='variational')
+  cfg.denseflow = ml_collections.ConfigDict(denseflow_74_10())
+  cfg.update(overrides)
+  return cfg
+
+
 def build(config) -> EIWFlow:
   """Builds the EIWFlow a config describes (config.model and config.data)."""
   validate(config)
   m, d = config.model, config.data
+  dtype = _COMPUTE_DTYPES[m.get('compute_dtype', 'float32')]
   if m.backbone == 'glow':
+    step = dict(hidden=m.hidden, lu=m.lu, affine=m.coupling == 'affine',
+                log_scale_bound=m.log_scale_bound)
+    if dtype is not None:
+      step['dtype'] = dtype  # GlowStep.dtype -> its ConvNet conditioner
     body = functools.partial(_glow_body, num_steps=m.num_steps, scan=m.scan,
-                             invertible_grad=m.invertible_grad, hidden=m.hidden, lu=m.lu,
-                             affine=m.coupling == 'affine', log_scale_bound=m.log_scale_bound)
+                             invertible_grad=m.invertible_grad, **step)
   else:
-    from eiw_jax import denseflow  # pylint: disable=g-import-not-at-top
-    body = denseflow.scale_factory(m)
+    body = functools.partial(_denseflow_body, lu=m.lu, log_scale_bound=m.log_scale_bound,
+                             **m.denseflow.to_dict())
   flow = MultiScaleFlow(
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,
       initial_squeeze=m.initial_squeeze, split_prior=m.split_prior,
@@ -94,10 +130,10 @@ def build(config) -> EIWFlow:
   if m.dequantizer == 'uniform':
     dequantizer = UniformDequantizer()
   elif m.backbone == 'denseflow':
-    from eiw_jax import denseflow  # pylint: disable=g-import-not-at-top
-    dequantizer = denseflow.dequantizer_from_config(m)
+    dequantizer = DenseFlowDequantizer(**m.denseflow.dequant.to_dict())
   else:
-    dequantizer = VariationalDequantizer(num_steps=m.dequant_steps, hidden=m.dequant_hidden)
+    dequantizer = VariationalDequantizer(num_steps=m.dequant_steps, hidden=m.dequant_hidden,
+                                         dtype=dtype)
   return EIWFlow(flow=flow, dequantizer=dequantizer,
                  image_shape=(d.image_size, d.image_size, d.channels),
                  num_bits=d.num_bits, kl_weight=m.kl_weight)

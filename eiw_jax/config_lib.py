@@ -4,9 +4,12 @@ command line (`--config.optim.lr=3e-4`); an unknown key is an error.
 """
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
-from eiw_jax.builder import model_config
+from eiw_jax.builder import denseflow_config, model_config
+from eiw_jax.errors import UserError
 
 
 def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
@@ -38,9 +41,81 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
   return cfg
 
 
+def leaf_keys(cfg, prefix=''):
+  """Dotted key paths; free-form groups (empty in the defaults) count as leaves."""
+  out = set()
+  for key, value in cfg.items():
+    if isinstance(value, ml_collections.ConfigDict) and value:
+      out |= leaf_keys(value, f'{prefix}{key}.')
+    else:
+      out.add(f'{prefix}{key}')
+  return out
+
+
+def check_keys(cfg) -> None:
+  """Refuses keys the defaults do not have (a typo would otherwise be ignored)."""
+  known = leaf_keys(base_config(name='', image_size=1, channels=1, batch_size=1, train_steps=1))
+  groups = {k.rsplit('.', 1)[0] for k in known if '.' in k}
+  for key in sorted(leaf_keys(cfg)):
+    if key in known or any(key.startswith(f'{k}.') for k in known):
+      continue
+    if key in groups:
+      continue  # an emptied group: its missing keys take the code's defaults
+    near = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f'did you mean {near[0]}?' if near else 'see eiw_jax/config_lib.py for the keys'
+    raise UserError(f'unknown config key {key}; {hint}')
+
+
+def validate_run(cfg) -> None:
+  """Checks the keys and the optim/train/data values of a training config (UserError)."""
+  check_keys(cfg)
+  t, o = cfg.train, cfg.optim
+  for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+              'max_nonfinite_steps', 'eval_examples', 'num_samples'):
+    if not isinstance(t[key], int) or t[key] < 1:
+      raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
+                      f'set --config.train.{key}')
+  if not cfg.data.batch_size >= 1:
+    raise UserError(f'data.batch_size must be >= 1, got {cfg.data.batch_size}; '
+                    'set --config.data.batch_size')
+  if o.name not in ('adam', 'adamax'):
+    raise UserError(f"optim.name must be 'adam' or 'adamax', got {o.name!r}; "
+                    "set --config.optim.name=adamax")
+  if not o.lr > 0:
+    raise UserError(f'optim.lr must be > 0, got {o.lr}; set --config.optim.lr=1e-3')
+  for key in ('b1', 'b2', 'ema_decay'):
+    if not 0 <= o[key] < 1:
+      raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')
+  for key in ('warmup_steps', 'grad_clip'):
+    if not o[key] >= 0:
+      raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set --config.optim.{key}')
+
+
+def denseflow_base(*, name: str, image_size: int, batch_size: int,
+                   train_steps: int) -> ml_collections.ConfigDict:
+  """The paper's model: DenseFlow-74-10 with the Shuffle at its transitions."""
+  cfg = base_config(name=name, image_size=image_size, channels=3, batch_size=batch_size,
+                    train_steps=train_steps)
+  cfg.model = denseflow_config()
+  return cfg
+
+
+def tiny_denseflow(cfg, *, units=(2, 2, 1), modules=(1, 1, 1), hidden=8, depth=1,
+                   dense_growth=4, growth=2, dequant_hidden=8) -> None:
+  """Shrinks a DenseFlow config in place (same structure, tiny widths)."""
+  d = cfg.model.denseflow
+  d.units, d.modules, d.growth = list(units), list(modules), growth
+  d.net.update(hidden=hidden, depth=depth, dense_growth=dense_growth, embed=4)
+  d.dequant.update(num_steps=1, hidden=dequant_hidden, depth=1, growth=dequant_hidden,
+                   context_channels=dequant_hidden, context_depth=1,
+                   context_growth=dequant_hidden // 2)
+
+
 def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: for tests and CI (seconds on a CPU)."""
   cfg.model.update(num_steps=1, hidden=8, shuffle_reduction=4, dequant_steps=1, dequant_hidden=8)
+  if cfg.model.backbone == 'denseflow':
+    tiny_denseflow(cfg)
   cfg.data.batch_size = 8
   cfg.optim.warmup_steps = 2
   cfg.train.update(num_steps=4, log_every=2, eval_every=4, checkpoint_every=2, eval_examples=16,
