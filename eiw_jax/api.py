@@ -37,9 +37,13 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
 
 
 def forward(model: EIWFlow, variables, y, rng=None):
-  """Continuous y [B, H, W, C] -> (latents, logdet [B], KL [K-1])."""
-  rngs = rngs_for(rng) if rng is not None else {}
-  return model.apply(variables, y, method=EIWFlow.encode, rngs=rngs)
+  """Continuous y [B, H, W, C] -> (latents, logdet [B], KL [K-1]).
+
+  `rng` feeds the noise of augmented flows (DenseFlow's cross-unit coupling);
+  a fixed key is used when it is None.
+  """
+  rng = jax.random.key(0) if rng is None else rng
+  return model.apply(variables, y, method=EIWFlow.encode, rngs=rngs_for(rng))
 
 
 def inverse(model: EIWFlow, variables, latents):
