@@ -121,6 +121,7 @@ def build(config) -> EIWFlow:
                              invertible_grad=m.invertible_grad, **step)
   else:
     body = functools.partial(_denseflow_body, lu=m.lu, log_scale_bound=m.log_scale_bound,
+                             invertible_grad=m.invertible_grad,
                              **m.denseflow.to_dict())
   flow = MultiScaleFlow(
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,

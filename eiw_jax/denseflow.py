@@ -39,6 +39,7 @@ from flax import linen as nn
 
 from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
                                sum_event, unsqueeze, zero_logdet)
+from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.densenet import Conv, DenseBlock, DenseCouplingNet
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -149,18 +150,6 @@ class CrossUnitCoupling(Bijector):
     return y, sum_event(log_s) - _std_normal_logpdf(noise)
 
 
-class _ScanStep(nn.Module):
-  """One module as a scan body: carry (x, logdet) -> (x', logdet + ld)."""
-  module: functools.partial
-  inverse: bool = False
-
-  @nn.compact
-  def __call__(self, carry, _):
-    x, total = carry
-    x, logdet = self.module(name='module')(x, inverse=self.inverse)
-    return (x, total + logdet), None
-
-
 class DenseFlowScale(Bijector):
   """One DenseFlow scale: `num_units` units of `num_modules` modules each, with
   a cross-unit coupling before every unit i >= 1.
@@ -169,7 +158,8 @@ class DenseFlowScale(Bijector):
   inverse(y, **unused) -> (x, -ld)
   `noise`, if given, is a sequence of num_units - 1 standard-normal arrays
   [B,H,W,growth], one per cross-unit coupling (else drawn from 'noise').
-  `remat=True` rematerialises each module in the backward pass (less memory).
+  The modules of a unit run under `Repeat` (stacked parameters, lax.scan);
+  `invertible_grad=True` recomputes their activations in the backward pass.
   """
   num_units: int
   num_modules: int
@@ -183,7 +173,7 @@ class DenseFlowScale(Bijector):
   newton_iters: int = 6
   lu: bool = False
   log_scale_bound: float = 2.0
-  remat: bool = False
+  invertible_grad: bool = False
 
   def _unit(self, i, x, inverse):
     module = functools.partial(
@@ -191,13 +181,8 @@ class DenseFlowScale(Bijector):
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
         newton_iters=self.newton_iters, lu=self.lu,
         log_scale_bound=self.log_scale_bound)
-    body = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
-    scan = nn.scan(body, variable_axes={'params': 0, 'consts': 0},
-                   split_rngs={'params': True}, length=self.num_modules,
-                   reverse=inverse)
-    (x, logdet), _ = scan(module=module, inverse=inverse, name=f'unit{i}')(
-        (x, zero_logdet(x)), None)
-    return x, logdet
+    return Repeat(module, self.num_modules, self.invertible_grad, name=f'unit{i}')(
+        x, inverse=inverse)
 
   def _cross(self, i):
     return CrossUnitCoupling(self.growth, self.cross_hidden_mult,

@@ -214,7 +214,7 @@ def test_scale_logdet_matches_jacobian(scale_setup):
 
 def test_scale_scan_init_is_data_dependent_per_module(scale_setup):
   _, _, init_vars, _, x = scale_setup
-  unit0 = init_vars['params']['unit0']['module']
+  unit0 = init_vars['params']['unit0']['steps']['step']
   loc = unit0['actnorm']['loc']                        # [num_modules, C]
   assert loc.shape == (2, 2)
   np.testing.assert_allclose(loc[0], -jnp.mean(x, axis=(0, 1, 2)), atol=1e-5)
@@ -224,7 +224,7 @@ def test_scale_scan_init_is_data_dependent_per_module(scale_setup):
   np.testing.assert_allclose(loc[1], -jnp.mean(h, axis=(0, 1, 2)), atol=1e-5)
   assert float(jnp.max(jnp.abs(loc[1] - loc[0]))) > 1e-2
   # The augmented unit sees the appended channels: its ActNorm has C + growth.
-  assert init_vars['params']['unit1']['module']['actnorm']['loc'].shape == (2, 4)
+  assert init_vars['params']['unit1']['steps']['step']['actnorm']['loc'].shape == (2, 4)
 
 
 def test_scale_is_per_example(scale_setup):
