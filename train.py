@@ -1,7 +1,9 @@
 """Train EIW-Flow: python train.py --config=configs/fashion_mnist.py:small --workdir=runs/fm
 
 Flags only; the loop is eiw_jax.train_lib.train_and_evaluate. Rerunning the same
-command resumes from the newest complete checkpoint in --workdir.
+command resumes from the newest complete checkpoint in --workdir. Exit codes: 0 when
+done, and after SIGTERM once a checkpoint of the current step is saved (stderr says
+so); 2 for bad input or a run stopped by non-finite steps (one line on stderr).
 """
 from absl import flags
 from ml_collections import config_flags
@@ -18,7 +20,7 @@ def main(argv):
   del argv
   from eiw_jax import train_lib  # pylint: disable=g-import-not-at-top
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if result.get('test_bpd') is not None:
+  if result.get('step') == _CONFIG.value.train.num_steps and 'test_bpd' in result:
     print(f'final test bits/dim: {result["test_bpd"]:.4f} (workdir {_WORKDIR.value})')
 
 

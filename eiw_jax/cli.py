@@ -2,38 +2,75 @@
 config flag and turn user errors into one line on stderr and exit code 2."""
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 from typing import Callable
 
-from eiw_jax.errors import UserError
+
+def parse_flags(argv: list, flag_values=None) -> list:
+  """Parses argv; a bad flag, config file or override is one line on stderr and exit 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  try:
+    argv = flag_values(argv)
+    for name in flag_values:  # a config file that failed to load raises only when read
+      value = flag_values[name].value
+      if type(value).__name__ == '_ErrorConfig':
+        value.keys()
+    return argv
+  except flags.UnrecognizedFlagError as e:
+    print(f'error: {_config_override_error(e, flag_values) or _one_line(e)}', file=sys.stderr)
+  except flags.Error as e:
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+  except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:  # config or override
+    print(f'error: {_one_line(e)} (check --config and its --config.* overrides)',
+          file=sys.stderr)
+  sys.exit(2)
 
 
 def run_main(main: Callable[[list], None]) -> None:
   """absl's app.run, with UserError (and bad flags) as one line + exit 2."""
   import logging  # pylint: disable=g-import-not-at-top
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from eiw_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
 
   def guarded(argv):
     try:
       main(argv)
     except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
+      print(f'error: {" ".join(str(e).split())}', file=sys.stderr)  # always one line
       sys.exit(2)
 
-  def parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      print(f'error: {_one_line(e)}', file=sys.stderr)
-    except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:  # config or override
-      print(f'error: {_one_line(e)} (check --config and its --config.* overrides)',
-            file=sys.stderr)
-    sys.exit(2)
+  app.run(guarded, flags_parser=parse_flags)
 
-  app.run(guarded, flags_parser=parse)
+
+def _config_override_error(e, flag_values):
+  """absl calls a bad --config.<key> override unknown; say which of the two it is."""
+  name = e.flagname or ''
+  if not name.startswith('config.') or 'config' not in flag_values:
+    return None
+  config, path = flag_values['config'].value, name[len('config.'):]
+  if config is None:
+    return None
+  value = config
+  for key in path.split('.'):
+    if not hasattr(value, 'keys') or key not in value.keys():
+      from eiw_jax import config_lib  # pylint: disable=g-import-not-at-top
+      near = difflib.get_close_matches(path, sorted(config_lib.leaf_keys(config)), n=1)
+      hint = f'did you mean --config.{near[0]}?' if near else 'check the key against --config'
+      return f'unknown config key {path}; {hint}'
+    value = value[key]
+  given = (e.flagvalue or '').split('=', 1)[-1]
+  return (f'--{name}={given} is not a valid {type(value).__name__} (the config has {value!r}); '
+          f'fix the value of --{name}')
 
 
 def _one_line(e: Exception) -> str:
   text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  if 'Traceback (most recent call last)' in text:  # an error inside the config file
+    text = re.sub(r'^\w+: ', '', text.strip().splitlines()[-1])
+  elif isinstance(e, OSError) and e.__cause__ is not None:  # an unreadable config file
+    text = re.sub(r'^\[Errno \d+\] ', '', str(e.__cause__).strip().splitlines()[-1].strip())
   return ' '.join(str(text).replace("'", '').split())

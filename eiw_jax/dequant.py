@@ -11,12 +11,15 @@ and
   [ActNorm, 1x1 conv, affine coupling conditioned on a context net of x],
   unsqueeze): log q(u|x) = log N(eps) - log|det du/deps|.
 
-Both draw their randomness from the 'dequant' RNG stream.
+Both draw their randomness from the 'dequant' RNG stream. `dtype` (e.g.
+jnp.bfloat16) is the compute dtype of the variational dequantizer's networks
+(the context net and the couplings' conditioners); its flow stays float32.
 """
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +45,17 @@ class UniformDequantizer(nn.Module):
 class VariationalDequantizer(nn.Module):
   num_steps: int = 4
   hidden: int = 32
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, num_bits):
     context = x.astype(jnp.float32) / 2**num_bits - 0.5
-    context = squeeze(nn.relu(nn.Conv(self.hidden, (3, 3), name='context')(context)))
+    context = nn.Conv(self.hidden, (3, 3), dtype=self.dtype, name='context')(context)
+    context = squeeze(nn.relu(context))
     eps = jax.random.normal(self.make_rng('dequant'), x.shape, jnp.float32)
     log_q = standard_normal_logpdf(eps)
     h = squeeze(eps)  # [B, H/2, W/2, 4C]: couplings need >= 2 channels
-    net = functools.partial(ConvNet, hidden=self.hidden)
+    net = functools.partial(ConvNet, hidden=self.hidden, dtype=self.dtype)
     for i in range(self.num_steps):
       for layer in (ActNorm(name=f'actnorm_{i}'), InvConv1x1(name=f'invconv_{i}'),
                     Coupling(net, name=f'coupling_{i}')):

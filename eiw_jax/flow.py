@@ -17,7 +17,7 @@ enters the total, and both start as the identity.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,12 +37,13 @@ class GlowStep(Bijector):
   affine: bool = True
   log_scale_bound: float = 2.0
   permutation: Optional[str] = None  # extra fixed permutation ('reverse', ...) after the coupling
+  dtype: Optional[Any] = None  # the conditioner's compute dtype (None: float32)
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
     layers = [ActNorm(), InvConv1x1(lu=self.lu),
-              Coupling(functools.partial(ConvNet, hidden=self.hidden), affine=self.affine,
-                       log_scale_bound=self.log_scale_bound)]
+              Coupling(functools.partial(ConvNet, hidden=self.hidden, dtype=self.dtype),
+                       affine=self.affine, log_scale_bound=self.log_scale_bound)]
     if self.permutation:
       layers.append(Permute(self.permutation))
     return Chain(tuple(layers), name='chain')(x, inverse=inverse, **kwargs)

@@ -4,7 +4,9 @@ One `jax.jit` step over a 1-D device mesh: the batch is sharded along 'data',
 the state replicated and donated. Per-step randomness is fold_in(rng, step), the
 data order a function of (seed, step), so a resumed run repeats an uninterrupted
 one exactly. A step whose loss or gradient is not finite leaves the parameters
-and optimiser state unchanged and is counted.
+and optimiser state unchanged and is counted; `train.max_nonfinite_steps` such
+steps in a row stop training at exactly that step (checked one step late, so the
+host never waits for the device, and before anything of a step is written).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import optax
 import tqdm
 
-from eiw_jax import api, data, sharding
+from eiw_jax import api, checkpoint, config_lib, data, sharding
 from eiw_jax.builder import build, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
@@ -159,7 +161,7 @@ def load_for_eval(config, workdir: str):
   """(model, variables, step) from the newest readable checkpoint in `workdir`."""
   trainer = Trainer(config, workdir)
   restored = None
-  if os.path.isdir(workdir):
+  if checkpoint.has_checkpoint(workdir):  # else write nothing, not even checkpoints/
     ckpt = Checkpointer(workdir, max_to_keep=None, config=config)
     try:
       restored = ckpt.restore(trainer.abstract_state())
@@ -199,37 +201,61 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _check_streak(step: int, streak, limit: int) -> None:
+  """Raises once `limit` non-finite steps in a row end at `step`."""
+  streak = int(streak)
+  if streak >= limit:
+    raise UserError(
+        f'stopped at step {step}: {streak} non-finite steps in a row (loss or gradient '
+        f'NaN/inf; parameters unchanged since step {step - streak}, checkpoints kept); '
+        f'lower --config.optim.lr or set --config.optim.grad_clip, then rerun to resume')
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
+  """Trains (or resumes) in `workdir`; returns the last logged metrics.
+
+  Everything is checked (config keys and values, devices, both data splits) before
+  the workdir is created. SIGTERM saves a checkpoint at the current step and
+  returns normally (train.py then exits 0).
+  """
   # pylint: disable=g-import-not-at-top
   from eiw_jax import train_monitor
+  config_lib.validate_run(config)
   if config.train.distributed:
     jax.distributed.initialize()
   trainer = Trainer(config, workdir)
   train_split = data.load_split(config.data, 'train')
+  test_split = data.load_split(config.data, 'test')  # fail now, not at the first eval
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
-  state = trainer.init_or_restore(ckpt, train_split)
-  start = int(state.step)
-  total = int(config.train.num_steps)
-  monitor = train_monitor.Monitor(trainer, workdir, start, total)
+  t = config.train
+  try:
+    state = trainer.init_or_restore(ckpt, train_split)
+  except BaseException:
+    ckpt.close()
+    raise
+  start, total = int(state.step), int(t.num_steps)
+  monitor = train_monitor.Monitor(trainer, workdir, start, total, test_split)
   batches = trainer.batches(train_split, start)
   last = {}
+  pending = None  # (step, streak) of the previous step, checked one step late
   try:
     with _Preemption() as preemption:
       for step in range(start + 1, total + 1):
         state, metrics = trainer._step(state, trainer.global_batch(next(batches)))
         monitor.tick()
-        eval_due = step % config.train.eval_every == 0 or step == total
-        record = monitor.evaluate(step, state) if eval_due else {}
-        if eval_due or step % config.train.log_every == 0:
-          last = monitor.log(step, metrics, record)
-          if last['nonfinite_streak'] >= config.train.max_nonfinite_steps:
-            raise UserError(
-                f'stopped at step {step}: {int(last["nonfinite_streak"])} non-finite steps in a '
-                f'row (parameters unchanged since they began; the last checkpoint is kept); '
-                f'lower --config.optim.lr or set --config.optim.grad_clip')
-        if step % config.train.checkpoint_every == 0 or step == total or preemption.requested:
+        if pending is not None:  # the device works on this step meanwhile
+          _check_streak(*pending, t.max_nonfinite_steps)
+        pending = (step, metrics['nonfinite_streak'])
+        eval_due = step % t.eval_every == 0 or step == total
+        log_due = eval_due or step % t.log_every == 0
+        save_due = step % t.checkpoint_every == 0 or step == total or preemption.requested
+        if log_due or save_due:  # these wait for the step anyway: check it first
+          _check_streak(*pending, t.max_nonfinite_steps)
+          pending = None
+        if log_due:
+          last = monitor.log(step, metrics, monitor.evaluate(step, state) if eval_due else {})
+        if save_due:
           ckpt.save(step, state, force=True)
         if preemption.requested:
           ckpt.wait()

@@ -1,6 +1,10 @@
 """What a training run shows and writes: the progress bar, <workdir>/metrics.jsonl,
 TensorBoard event files (<workdir>/tb), test bits/dim and sample grids
 (<workdir>/samples/step_XXXXXXXX.png). Only process 0 writes.
+
+A run that starts at step s (fresh: 0, resumed: the checkpoint's step) first drops
+the metrics.jsonl records of steps after s, written by a run killed before its
+next checkpoint, so the file reads like one uninterrupted run.
 """
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +24,8 @@ from eiw_jax import api, data, losses
 
 class Monitor:
 
-  def __init__(self, trainer, workdir: str, start: int, total: int):
+  def __init__(self, trainer, workdir: str, start: int, total: int,
+               test_split: Optional[data.Split] = None):
     self.trainer, self.workdir = trainer, workdir
     self.config = trainer.config
     self.is_main = jax.process_index() == 0
@@ -28,13 +34,14 @@ class Monitor:
     self._last_time, self._last_step = time.perf_counter(), start
     self._writer = None
     if self.is_main:
+      _truncate_metrics(os.path.join(workdir, 'metrics.jsonl'), start)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(os.path.join(workdir, 'tb'))
     model = trainer.model
     self._log_prob = jax.jit(lambda v, x, k: api.log_prob(model, v, x, k))
     n, temp = self.config.train.num_samples, self.config.train.sample_temperature
     self._sample = jax.jit(lambda v, k: api.sample(model, v, k, n, temp))
-    self._test = None
+    self._test = test_split
 
   def tick(self) -> None:
     self.pbar.update(1)
@@ -97,3 +104,21 @@ class Monitor:
     self.pbar.close()
     if self._writer is not None:
       self._writer.close()
+
+
+def _truncate_metrics(path: str, start: int) -> None:
+  """Keeps the records of steps <= start (and drops a torn last line)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= start:
+          keep.append(line if line.endswith('\n') else line + '\n')
+      except (ValueError, KeyError, TypeError):
+        pass
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)

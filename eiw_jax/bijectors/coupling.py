@@ -6,7 +6,10 @@ Split x = [x_a, x_b] with x_a the first ceil(C/2) channels. forward:
     additive: y_b = x_b + shift
 y = [x_a, y_b]; logdet = sum(log_s). The bound (2 by default, DenseFlow's
 2*tanh(s/2)) keeps every scale in [e^-2, e^2]. The output layer starts at zero,
-so a new coupling is the identity.
+so a new coupling is the identity. The conditioner may compute in a lower
+precision (nets.ConvNet's dtype): its features are cast back to float32 before
+the output layer, so shift, log_s, the affine map and logdet are float32, and
+the inverse recomputes the same conditioner output from the same x_a.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class Coupling(Bijector):
     ca = (c + 1) // 2
     xa, xb = x[..., :ca], x[..., ca:]
     h = self.conditioner()(xa, context)
+    h = h.astype(jnp.promote_types(x.dtype, jnp.float32))  # [B, H, W, hidden]
     k = self.out_kernel
     out = nn.Conv(2 * (c - ca) if self.affine else c - ca, (k, k),
                   kernel_init=nn.initializers.zeros, name='out')(h)

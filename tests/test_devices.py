@@ -1,0 +1,108 @@
+"""The jitted training step: the same init, losses and parameters on 1 and on 4
+(simulated CPU) devices, and a non-finite step changes nothing but the counters."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from eiw_jax import data, train_lib
+from eiw_jax.sharding import DATA_AXIS
+
+from test_robustness import ARGS, ROOT, smoke_config
+
+NUM_STEPS = 3
+FOUR_DEVICES = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+                    JAX_PLATFORMS='cpu')
+
+
+def run_steps(num_steps=NUM_STEPS):
+  """(trainer, state, flat results) of init + `num_steps` steps on every local device."""
+  config = smoke_config()
+  trainer = train_lib.Trainer(config, workdir='')
+  it = trainer.batches(data.load_split(config.data, 'train'), 0)
+  batches = [trainer.global_batch(next(it)) for _ in range(num_steps)]
+  n = len(jax.devices())
+  batch = batches[0]  # the global batch is split into n row blocks, one per device
+  assert batch.sharding.spec == P(DATA_AXIS) and batch.shape[0] == config.data.batch_size
+  assert sorted(s.device.id for s in batch.addressable_shards) == [d.id for d in jax.devices()]
+  assert {s.data.shape[0] for s in batch.addressable_shards} == {config.data.batch_size // n}
+  state = trainer._init(jax.random.key(config.train.seed), batch)
+  out = {f'init/{i}': np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
+  for s, b in enumerate(batches):
+    state, metrics = trainer._step(state, b)
+    out[f'loss/{s}'] = np.asarray(metrics['loss'])
+  out.update({f'params/{i}': np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))})
+  return trainer, state, out
+
+
+def dump(path):
+  """Entry point of the 4-device subprocess."""
+  assert len(jax.devices()) == 4, jax.devices()
+  np.savez(path, **run_steps()[2])
+
+
+@pytest.fixture(scope='module')
+def four_devices(tmp_path_factory):
+  """Starts the 4-device run; the 1-device run compiles meanwhile."""
+  path = tmp_path_factory.mktemp('devices') / 'four.npz'
+  code = f'import sys; sys.path.insert(0, "tests"); import test_devices; test_devices.dump({str(path)!r})'
+  proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=FOUR_DEVICES,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  yield lambda: (proc.communicate(timeout=300)[0], proc.returncode, path)
+  proc.kill()
+
+
+@pytest.fixture(scope='module')
+def one_device(four_devices):
+  del four_devices  # started first
+  assert len(jax.devices()) == 1
+  return run_steps()
+
+
+def test_one_and_four_devices_agree(four_devices, one_device):
+  output, returncode, path = four_devices()
+  assert returncode == 0, output
+  four, one = dict(np.load(path)), one_device[2]
+  assert four.keys() == one.keys()
+  for key in sorted(one):
+    tol = dict(rtol=1e-6) if key.startswith('loss') else dict(atol=1e-5)
+    np.testing.assert_allclose(four[key], one[key], **tol, err_msg=key)
+
+
+def test_batch_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = subprocess.run([sys.executable, 'train.py', *ARGS, f'--workdir={workdir}',
+                         '--config.data.batch_size=6'], cwd=ROOT, env=FOUR_DEVICES,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert errors == ['error: data.batch_size=6 is not divisible by the 4 devices (1 hosts); '
+                    'set --config.data.batch_size to a multiple of 4'], proc.stderr
+  assert not workdir.exists()
+
+
+def test_nonfinite_step_changes_nothing_but_counters(one_device):
+  trainer, state, _ = one_device
+  config = trainer.config
+  it = trainer.batches(data.load_split(config.data, 'train'), int(state.step))
+  good = state.consts
+  nan = jax.device_put(jax.tree.map(lambda c: jnp.full_like(c, jnp.nan), good), trainer.replicated)
+  state = state.replace(consts=nan)  # every loss and gradient is NaN
+  before = jax.device_get((state.params, state.opt_state, jax.random.key_data(state.rng)))
+  for i in range(1, 4):
+    state, metrics = trainer._step(state, trainer.global_batch(next(it)))
+    counters = [int(metrics[k]) for k in ('nonfinite', 'nonfinite_streak', 'nonfinite_total')]
+    assert counters == [1, i, i] and not np.isfinite(float(metrics['loss']))
+    after = jax.device_get((state.params, state.opt_state, jax.random.key_data(state.rng)))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise unchanged
+  assert int(state.step) == NUM_STEPS + 3  # the data moves on
+  state, metrics = trainer._step(state.replace(consts=good), trainer.global_batch(next(it)))
+  assert [int(metrics[k]) for k in ('nonfinite', 'nonfinite_streak', 'nonfinite_total')] == [0, 0, 3]
+  changed = jax.tree.leaves(jax.device_get(state.params))
+  assert any(not np.array_equal(a, b) for a, b in zip(changed, jax.tree.leaves(before[0])))
