@@ -271,14 +271,27 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
   return out
 
 
+# Model keys that change the objective or how it is computed, not the state.
+_FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider',
+                              'model.invertible_grad', 'model.compute_dtype'})
+
+
 def _structure_difference(saved: dict, new: dict):
-  """First (key, saved, new) that differs among structural keys, or None."""
+  """First (key, saved, new) that differs among structural keys, or None.
+
+  A key the saved config lacks (written by an older version) matches when the
+  new value is that key's default.
+  """
+  from eiw_jax.builder import model_config  # pylint: disable=g-import-not-at-top
+  defaults = _flatten({'model': model_config().to_dict()})
   saved, new = _flatten(saved), _flatten(new)
-  structural = lambda k: k == 'model' or k.startswith('model.') or (
-      k in _STRUCTURE_KEYS)
+  structural = lambda k: (k == 'model' or k.startswith('model.') or (
+      k in _STRUCTURE_KEYS)) and k not in _FREE_MODEL_KEYS
   for key in sorted(k for k in saved.keys() | new.keys() if structural(k)):
     missing = object()
     old_value, new_value = saved.get(key, missing), new.get(key, missing)
+    if old_value is missing and key in defaults and new_value == defaults[key]:
+      continue
     if old_value != new_value:
       show = lambda v: '<unset>' if v is missing else json.dumps(v)
       return key, show(old_value), show(new_value)

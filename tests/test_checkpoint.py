@@ -1,4 +1,5 @@
 """Tests for eiw_jax.checkpoint: round trip, shardings, crashes, corruption, config."""
+import json
 import os
 import pathlib
 import signal
@@ -15,6 +16,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from eiw_jax import checkpoint
+from eiw_jax.builder import model_config
+from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -317,3 +320,21 @@ def test_config_other_changes_update_on_save(tmp_path):
     assert ckpt.save(2, _state(2))
   text = (tmp_path / 'config.json').read_text()
   assert '"num_steps": 500' in text and '"depth": 4' in text
+
+
+def test_objective_keys_and_new_default_keys_are_not_structural(tmp_path):
+  """Changing lambda or turning on invertible backprop resumes; so does a config
+  saved before a key with its default existed. A structural change is refused."""
+  base = {'model': model_config().to_dict(), 'data': {'image_size': 8, 'channels': 1,
+                                                      'num_bits': 8}}
+  old = json.loads(json.dumps(base))
+  del old['model']['compute_dtype']  # as written by an older version
+  ckpt = Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(old))
+  ckpt.save(1, {'w': jnp.ones(3)}, force=True)
+  ckpt.close()
+  changed = json.loads(json.dumps(base))
+  changed['model'].update(kl_weight=0.5, invertible_grad=True)
+  Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(changed)).close()
+  changed['model']['num_steps'] += 1
+  with pytest.raises(UserError, match='model.num_steps'):
+    Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(changed))
