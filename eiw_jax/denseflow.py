@@ -16,7 +16,7 @@ conditions on concat(x_0, y_0, ..., y_{i-2}), the block input and the outputs
 of all units but the immediately preceding one (whose output y_{i-1} is the
 half that eta_hat is appended to). Its width is 4x its input channels.
 
-Modules inside a unit are run by `flax.linen.scan` (parameters stacked along a
+Modules inside a unit are run by `bijectors.scan.Repeat` (parameters stacked along a
 leading axis of length `num_modules`), so compile time grows with the number of
 units, not modules. Initialisation runs inside the scan: each module's ActNorm
 is initialised from its own input.
@@ -40,7 +40,8 @@ from flax import linen as nn
 from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
                                sum_event, unsqueeze, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.densenet import Conv, DenseBlock, DenseCouplingNet
+from eiw_jax.densenet import DenseBlock, DenseCouplingNet
+from eiw_jax.nets import Conv
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -133,10 +134,10 @@ class CrossUnitCoupling(Bijector):
     if context is None:
       raise ValueError('CrossUnitCoupling needs the `context` it conditions on')
     g = self.growth
-    h = nn.Conv(self.cross_hidden_mult * context.shape[-1], (3, 3),
-                name='hidden')(context)                 # [B, H, W, 4 C_ctx]
-    out = nn.Conv(2 * g, (1, 1), kernel_init=nn.initializers.zeros,
-                  name='out')(nn.relu(h))                # [B, H, W, 2g]
+    h = Conv(self.cross_hidden_mult * context.shape[-1], 3,
+             name='hidden')(context)                    # [B, H, W, 4 C_ctx]
+    out = Conv(2 * g, 1, kernel_init=nn.initializers.zeros,
+               name='out')(nn.relu(h))                   # [B, H, W, 2g]
     mu, raw = out[..., :g], out[..., g:]
     log_s = self.log_scale_bound * jnp.tanh(raw / self.log_scale_bound)
     if inverse:

@@ -25,13 +25,7 @@ statistics to carry.
 `DenseBlock` (branch (a) on its own) is also the building block of DenseFlow's
 variational dequantizer (`eiw_jax.denseflow.DenseFlowDequantizer`).
 
-Convolutions. `Conv` is a stride-1 'SAME' convolution with nn.Conv's parameters
-whose backward pass is written as two forward convolutions in XLA's canonical
-NHWC/HWIO form. Inside a `lax.scan` (the modules of a DenseFlow unit), XLA:CPU
-leaves autodiff's transposed convolutions in non-canonical form and runs them
-about 15x slower than the same network unrolled; with this VJP the scanned
-backward pass is as fast as the unrolled one. Being a `jax.custom_vjp`, it
-supports reverse-mode differentiation only (use jax.jacrev, not jax.jacfwd).
+Convolutions use `eiw_jax.nets.Conv` (fast backward passes inside lax.scan on CPU).
 """
 from __future__ import annotations
 
@@ -43,56 +37,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _conv(x, w, pad):
-  return lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)],
-                                  dimension_numbers=_DIMS)
-
-
-@jax.custom_vjp
-def conv_same(x, w):
-  """Stride-1 convolution, odd kernel, 'SAME' padding: x [B,H,W,I], w [k,k,I,O]."""
-  return _conv(x, w, w.shape[0] // 2)
-
-
-def _conv_same_fwd(x, w):
-  return conv_same(x, w), (x, w)
-
-
-def _conv_same_bwd(res, dy):
-  x, w = res
-  pad = w.shape[0] // 2
-  # dx: correlate dy with the flipped kernel, in/out swapped.   # [B, H, W, I]
-  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), pad)
-  # dw[i, j, c, o] = sum_{b,h,w} x_pad[b, h+i, w+j, c] dy[b, h, w, o]: a conv
-  # with channels as batch and the batch as features.          # [k, k, I, O]
-  dw = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pad)
-  return dx, dw.transpose(1, 2, 0, 3)
-
-
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
-
-
-class Conv(nn.Module):
-  """nn.Conv's parameters (kernel [k,k,I,O], bias [O]) and initialisers, stride 1,
-  odd kernel, 'SAME' padding, with the scan-friendly VJP of `conv_same`."""
-  features: int
-  kernel_size: int = 1
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):
-    k = self.kernel_size
-    if k % 2 == 0:
-      raise ValueError(f'Conv needs an odd kernel size, got {k}')
-    w = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-    y = conv_same(x, w.astype(x.dtype))
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
-    return y
-
+from eiw_jax.nets import Conv
 
 class DenseBlock(nn.Module):
   """`depth` dense layers, then a gated (or plain) 1x1 conv to `features`.

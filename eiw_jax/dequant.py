@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax.bijectors import ActNorm, Coupling, InvConv1x1, squeeze, sum_event, unsqueeze
-from eiw_jax.nets import ConvNet
+from eiw_jax.nets import Conv, ConvNet
 
 
 def standard_normal_logpdf(x) -> jnp.ndarray:
@@ -50,7 +50,7 @@ class VariationalDequantizer(nn.Module):
   @nn.compact
   def __call__(self, x, num_bits):
     context = x.astype(jnp.float32) / 2**num_bits - 0.5
-    context = nn.Conv(self.hidden, (3, 3), dtype=self.dtype, name='context')(context)
+    context = Conv(self.hidden, 3, dtype=self.dtype, name='context')(context)
     context = squeeze(nn.relu(context))
     eps = jax.random.normal(self.make_rng('dequant'), x.shape, jnp.float32)
     log_q = standard_normal_logpdf(eps)

@@ -26,7 +26,7 @@ from flax import linen as nn
 from eiw_jax.bijectors import (ActNorm, Bijector, Chain, Coupling, InvConv1x1,
                                Permute, squeeze, sum_event, unsqueeze, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.nets import ConvNet
+from eiw_jax.nets import Conv, ConvNet
 from eiw_jax.shuffle import Shuffle
 
 
@@ -88,7 +88,7 @@ class Standardize(Bijector):
   def __call__(self, z, inverse=False, context=None, **unused):
     c = z.shape[-1]
     if self.conditional:
-      out = nn.Conv(2 * c, (3, 3), kernel_init=nn.initializers.zeros, name='prior')(context)
+      out = Conv(2 * c, 3, kernel_init=nn.initializers.zeros, name='prior')(context)
       mu, raw = out[..., :c], out[..., c:]
     else:
       mu = self.param('mean', nn.initializers.zeros, (c,))

@@ -6,10 +6,77 @@ the identity whatever conditioner it is given.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
+
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, w, pad):
+  return lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)],
+                                  dimension_numbers=_DIMS)
+
+
+@jax.custom_vjp
+def conv_same(x, w):
+  """Stride-1 'SAME' convolution with an odd kernel, x [B,H,W,I], w [k,k,I,O], whose
+  backward pass is two forward convolutions in canonical NHWC/HWIO form.
+
+  Inside a `lax.scan` (stacked flow steps), XLA:CPU leaves autodiff's transposed
+  convolutions in a non-canonical layout and runs them ~6-15x slower than the
+  same network unrolled; this VJP makes the scanned backward pass as fast as the
+  unrolled one. Reverse mode only (use jax.jacrev, not jax.jacfwd).
+  """
+  return _conv(x, w, w.shape[0] // 2)
+
+
+def _conv_same_fwd(x, w):
+  return conv_same(x, w), (x, w)
+
+
+def _conv_same_bwd(res, dy):
+  x, w = res
+  pad = w.shape[0] // 2
+  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), pad)           # [B, H, W, I]
+  # dw[i, j, c, o] = sum_{b,h,w} x_pad[b, h+i, w+j, c] dy[b, h, w, o]: a convolution
+  # with the channels as batch and the batch as features.
+  dw = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pad)  # [I, k, k, O]
+  return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class Conv(nn.Module):
+  """nn.Conv's parameters (kernel [k,k,I,O], bias [O]) and initialisers; stride 1,
+  odd kernel, 'SAME' padding. On CPU it differentiates through `conv_same`; on
+  GPU and TPU through XLA's own convolution gradients.
+
+  `dtype` is the compute dtype (None: float32); parameters stay float32.
+  """
+  features: int
+  kernel_size: int = 1
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Optional[Any] = None
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    if k % 2 == 0:
+      raise ValueError(f'Conv needs an odd kernel size, got {k}')
+    dtype = self.dtype or jnp.float32
+    x = x.astype(dtype)
+    w = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features)).astype(dtype)
+    conv = conv_same if jax.default_backend() == 'cpu' else (lambda x, w: _conv(x, w, k // 2))
+    y = conv(x, w)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(dtype)
+    return y
 
 
 class ConvNet(nn.Module):
@@ -27,5 +94,5 @@ class ConvNet(nn.Module):
       x = x.astype(self.dtype)
     if context is not None:
       x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-    x = nn.relu(nn.Conv(self.hidden, (3, 3), dtype=self.dtype)(x))
-    return nn.relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype)(x))
+    x = nn.relu(Conv(self.hidden, 3, dtype=self.dtype)(x))
+    return nn.relu(Conv(self.hidden, 1, dtype=self.dtype)(x))

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eiw_jax.densenet import DenseCouplingNet, conv_same, newton_pinv
+from eiw_jax.densenet import DenseCouplingNet, newton_pinv
+from eiw_jax.nets import conv_same
 from eiw_jax.denseflow import (CrossUnitCoupling, DenseFlowDequantizer,
                                DenseFlowModule, DenseFlowScale, denseflow_74_10)
 

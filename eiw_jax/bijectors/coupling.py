@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax.bijectors.base import Bijector, sum_event
+from eiw_jax.nets import Conv
 
 
 class Coupling(Bijector):
@@ -37,8 +38,8 @@ class Coupling(Bijector):
     h = self.conditioner()(xa, context)
     h = h.astype(jnp.promote_types(x.dtype, jnp.float32))  # [B, H, W, hidden]
     k = self.out_kernel
-    out = nn.Conv(2 * (c - ca) if self.affine else c - ca, (k, k),
-                  kernel_init=nn.initializers.zeros, name='out')(h)
+    out = Conv(2 * (c - ca) if self.affine else c - ca, k,
+               kernel_init=nn.initializers.zeros, name='out')(h)
     if self.affine:
       shift, raw = out[..., 0::2], out[..., 1::2]
       log_s = self.log_scale_bound * jnp.tanh(raw / self.log_scale_bound)
