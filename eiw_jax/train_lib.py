@@ -101,24 +101,39 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
   return new_state, metrics
 
 
+@functools.lru_cache(maxsize=4)
+def _programs(key: str, mesh):
+  """Model, optimiser and the jitted init and step for one (model, optim, data) config.
+
+  Cached per process, so several runs of the same config in one process (a resume
+  after an eval, tests) trace and compile once.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(key))
+  model, optimizer = build(config), make_optimizer(config.optim)
+  replicated = sharding.replicated(mesh)
+  init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
+                 out_shardings=replicated)
+  step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay),
+                 donate_argnums=0, out_shardings=(replicated, replicated))
+  return model, optimizer, init, step
+
+
 class Trainer:
-  """Builds everything a run needs from a config; `init_or_restore` then `run`."""
+  """Everything a run needs, built from a config: mesh, model, optimiser, and the
+  jitted init and step (`_init`, `_step`)."""
 
   def __init__(self, config, workdir: str):
     validate(config)
     self.config, self.workdir = config, workdir
     self.mesh = sharding.make_mesh()
     sharding.check_batch_size(config.data.batch_size, self.mesh)
-    self.model = build(config)
-    self.optimizer = make_optimizer(config.optim)
+    key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
+                     sort_keys=True)
+    self.model, self.optimizer, self._init, self._step = _programs(key, self.mesh)
     self.use_ema = config.optim.ema_decay > 0
     self.data_sharding = sharding.data_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
-    self._init = jax.jit(functools.partial(init_state, self.model, self.optimizer, self.use_ema),
-                         out_shardings=self.replicated)
-    self._step = jax.jit(
-        functools.partial(train_step, self.model, self.optimizer, config.optim.ema_decay),
-        donate_argnums=0, out_shardings=(self.replicated, self.replicated))
 
   def abstract_state(self):
     """The state's shapes, dtypes and shardings, without computing anything."""
