@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Optional
 
 import flax
@@ -123,10 +124,10 @@ class Trainer:
   """Everything a run needs, built from a config: mesh, model, optimiser, and the
   jitted init and step (`_init`, `_step`)."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, devices=None):
     validate(config)
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh()
+    self.mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(config.data.batch_size, self.mesh)
     key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
                      sort_keys=True)
@@ -257,8 +258,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     with _Preemption() as preemption:
       for step in range(start + 1, total + 1):
-        state, metrics = trainer._step(state, trainer.global_batch(next(batches)))
-        monitor.tick()
+        t0 = time.perf_counter()
+        batch = trainer.global_batch(next(batches))
+        input_s = time.perf_counter() - t0
+        state, metrics = trainer._step(state, batch)
+        monitor.tick(input_s)
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)
         pending = (step, metrics['nonfinite_streak'])

@@ -42,8 +42,11 @@ class Monitor:
     n, temp = self.config.train.num_samples, self.config.train.sample_temperature
     self._sample = jax.jit(lambda v, k: api.sample(model, v, k, n, temp))
     self._test = test_split
+    self._input_s = 0.0
 
-  def tick(self) -> None:
+  def tick(self, input_s: float = 0.0) -> None:
+    """One step done; `input_s` is the time the host waited for its batch."""
+    self._input_s += input_s
     self.pbar.update(1)
 
   def log(self, step: int, metrics, extra=None) -> dict:
@@ -51,8 +54,12 @@ class Monitor:
     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)
-    record['images_per_s'] = steps * self.config.data.batch_size / max(now - self._last_time, 1e-9)
-    self._last_time, self._last_step = now, step
+    elapsed = max(now - self._last_time, 1e-9)
+    record['images_per_s'] = steps * self.config.data.batch_size / elapsed
+    # Host time spent waiting for input batches, as a fraction of the interval: the
+    # step is dispatched asynchronously, so this is time the device may have idled.
+    record['input_wait_fraction'] = min(self._input_s / elapsed, 1.0)
+    self._last_time, self._last_step, self._input_s = now, step, 0.0
     record.update(extra or {})
     record = {'step': step, **record}
     self.pbar.set_postfix(bpd=f'{record["bpd"]:.3f}', img_s=f'{record["images_per_s"]:.1f}',

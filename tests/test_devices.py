@@ -1,4 +1,4 @@
-"""The jitted training step: the same init, losses and parameters on 1 and on 4
+"""The jitted training step: the same init, losses and parameters on 1, 2, 4 and 8
 (simulated CPU) devices, and a non-finite step changes nothing but the counters."""
 import os
 import subprocess
@@ -18,18 +18,21 @@ from test_robustness import ARGS, ROOT, smoke_config
 NUM_STEPS = 3
 FOUR_DEVICES = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
                     JAX_PLATFORMS='cpu')
+EIGHT_DEVICES = dict(FOUR_DEVICES, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+COUNTS = (2, 4, 8)
 
 
-def run_steps(num_steps=NUM_STEPS):
-  """(trainer, state, flat results) of init + `num_steps` steps on every local device."""
+def run_steps(num_steps=NUM_STEPS, devices=None):
+  """(trainer, state, flat results) of init + `num_steps` steps over `devices` (all local)."""
   config = smoke_config()
-  trainer = train_lib.Trainer(config, workdir='')
+  trainer = train_lib.Trainer(config, workdir='', devices=devices)
+  devices = devices or jax.devices()
   it = trainer.batches(data.load_split(config.data, 'train'), 0)
   batches = [trainer.global_batch(next(it)) for _ in range(num_steps)]
-  n = len(jax.devices())
+  n = len(devices)
   batch = batches[0]  # the global batch is split into n row blocks, one per device
   assert batch.sharding.spec == P(DATA_AXIS) and batch.shape[0] == config.data.batch_size
-  assert sorted(s.device.id for s in batch.addressable_shards) == [d.id for d in jax.devices()]
+  assert sorted(s.device.id for s in batch.addressable_shards) == sorted(d.id for d in devices)
   assert {s.data.shape[0] for s in batch.addressable_shards} == {config.data.batch_size // n}
   state = trainer._init(jax.random.key(config.train.seed), batch)
   out = {f'init/{i}': np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
@@ -41,37 +44,41 @@ def run_steps(num_steps=NUM_STEPS):
 
 
 def dump(path):
-  """Entry point of the 4-device subprocess."""
-  assert len(jax.devices()) == 4, jax.devices()
-  np.savez(path, **run_steps()[2])
+  """Entry point of the 8-device subprocess: runs on the first 2, 4 and 8 devices."""
+  assert len(jax.devices()) == 8, jax.devices()
+  results = {}
+  for n in COUNTS:
+    results.update({f'{n}/{k}': v for k, v in run_steps(devices=jax.devices()[:n])[2].items()})
+  np.savez(path, **results)
 
 
 @pytest.fixture(scope='module')
-def four_devices(tmp_path_factory):
-  """Starts the 4-device run; the 1-device run compiles meanwhile."""
-  path = tmp_path_factory.mktemp('devices') / 'four.npz'
+def many_devices(tmp_path_factory):
+  """Starts the multi-device runs; the 1-device run compiles meanwhile."""
+  path = tmp_path_factory.mktemp('devices') / 'many.npz'
   code = f'import sys; sys.path.insert(0, "tests"); import test_devices; test_devices.dump({str(path)!r})'
-  proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=FOUR_DEVICES,
+  proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=EIGHT_DEVICES,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  yield lambda: (proc.communicate(timeout=300)[0], proc.returncode, path)
+  yield lambda: (proc.communicate(timeout=600)[0], proc.returncode, path)
   proc.kill()
 
 
 @pytest.fixture(scope='module')
-def one_device(four_devices):
-  del four_devices  # started first
+def one_device(many_devices):
+  del many_devices  # started first
   assert len(jax.devices()) == 1
   return run_steps()
 
 
-def test_one_and_four_devices_agree(four_devices, one_device):
-  output, returncode, path = four_devices()
+def test_1_2_4_8_devices_agree(many_devices, one_device):
+  output, returncode, path = many_devices()
   assert returncode == 0, output
-  four, one = dict(np.load(path)), one_device[2]
-  assert four.keys() == one.keys()
-  for key in sorted(one):
-    tol = dict(rtol=1e-6) if key.startswith('loss') else dict(atol=1e-5)
-    np.testing.assert_allclose(four[key], one[key], **tol, err_msg=key)
+  many, one = dict(np.load(path)), one_device[2]
+  for n in COUNTS:
+    assert {k.split('/', 1)[1] for k in many if k.startswith(f'{n}/')} == one.keys()
+    for key in sorted(one):
+      tol = dict(rtol=1e-6) if key.startswith('loss') else dict(atol=1e-5)
+      np.testing.assert_allclose(many[f'{n}/{key}'], one[key], **tol, err_msg=f'{n}: {key}')
 
 
 def test_batch_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
