@@ -11,7 +11,7 @@ from eiw_jax import config_lib
 def _small(cfg):
   cfg.model.update(num_steps=6, hidden=96)
   cfg.data.batch_size = 64
-  cfg.optim.warmup_steps = 200
+  cfg.optim.update(lr=5e-4, warmup_steps=300)  # 1e-3 spikes at this size and batch
   cfg.train.update(num_steps=3000, log_every=50, eval_every=1000, checkpoint_every=500,
                    eval_examples=2000)
 
