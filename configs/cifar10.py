@@ -9,16 +9,7 @@ batch 64 (DESIGN §2). Paper (Table 2): EIW-Flow 2.97 bits/dim after 400 epochs.
 from eiw_jax import config_lib
 
 
-def _small(cfg):
-  config_lib.tiny_denseflow(cfg, units=(2, 2, 1), modules=(2, 2, 4), hidden=24, depth=2,
-                            dense_growth=16, growth=4, dequant_hidden=16)
-  cfg.data.batch_size = 16
-  cfg.optim.warmup_steps = 200
-  cfg.train.update(num_steps=2000, log_every=50, eval_every=1000, checkpoint_every=500,
-                   eval_examples=256)
-
-
 def get_config(arg=None):
   cfg = config_lib.denseflow_base(name='cifar10', image_size=32, batch_size=64,
                                   train_steps=1_000_000)
-  return config_lib.apply_variant(cfg, arg, _small)
+  return config_lib.apply_variant(cfg, arg, config_lib.denseflow_small)

@@ -8,15 +8,7 @@ Offline data: Debian's `dataset-fashion-mnist` is used automatically when instal
 from eiw_jax import config_lib
 
 
-def _small(cfg):
-  cfg.model.update(num_steps=6, hidden=96)
-  cfg.data.batch_size = 64
-  cfg.optim.update(lr=5e-4, warmup_steps=300)  # 1e-3 spikes at this size and batch
-  cfg.train.update(num_steps=3000, log_every=50, eval_every=1000, checkpoint_every=500,
-                   eval_examples=2000)
-
-
 def get_config(arg=None):
   cfg = config_lib.base_config(name='fashion_mnist', image_size=28, channels=1, batch_size=64,
                                train_steps=200_000, num_scales=2, num_steps=6)
-  return config_lib.apply_variant(cfg, arg, _small)
+  return config_lib.apply_variant(cfg, arg, config_lib.glow_small)

@@ -9,16 +9,7 @@ batch 32 (DESIGN §2). Paper (Table 2): EIW-Flow 3.35 bits/dim after 10 epochs.
 from eiw_jax import config_lib
 
 
-def _small(cfg):
-  config_lib.tiny_denseflow(cfg, units=(2, 2, 1), modules=(2, 2, 4), hidden=24, depth=2,
-                            dense_growth=16, growth=4, dequant_hidden=16)
-  cfg.data.batch_size = 16
-  cfg.optim.warmup_steps = 200
-  cfg.train.update(num_steps=2000, log_every=50, eval_every=1000, checkpoint_every=500,
-                   eval_examples=256)
-
-
 def get_config(arg=None):
   cfg = config_lib.denseflow_base(name='imagenet64', image_size=64, batch_size=32,
                                   train_steps=400_000)
-  return config_lib.apply_variant(cfg, arg, _small)
+  return config_lib.apply_variant(cfg, arg, config_lib.denseflow_small)

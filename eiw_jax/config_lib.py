@@ -111,6 +111,25 @@ def tiny_denseflow(cfg, *, units=(2, 2, 1), modules=(1, 1, 1), hidden=8, depth=1
                    context_growth=dequant_hidden // 2)
 
 
+def denseflow_small(cfg) -> None:
+  """`:small` for the DenseFlow configs: a narrow DenseFlow that trains on 2 CPU cores."""
+  tiny_denseflow(cfg, units=(2, 2, 1), modules=(2, 2, 4), hidden=24, depth=2,
+                 dense_growth=16, growth=4, dequant_hidden=16)
+  cfg.data.batch_size = 16
+  cfg.optim.warmup_steps = 200
+  cfg.train.update(num_steps=2000, log_every=50, eval_every=1000, checkpoint_every=500,
+                   eval_examples=256)
+
+
+def glow_small(cfg) -> None:
+  """`:small` for the 28x28 configs: K = 2 scales of 6 Glow steps, width 96 (the demo)."""
+  cfg.model.update(num_steps=6, hidden=96)
+  cfg.data.batch_size = 64
+  cfg.optim.update(lr=5e-4, warmup_steps=300)  # 1e-3 spikes at this size and batch
+  cfg.train.update(num_steps=3000, log_every=50, eval_every=1000, checkpoint_every=500,
+                   eval_examples=2000)
+
+
 def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: for tests and CI (seconds on a CPU)."""
   cfg.model.update(num_steps=1, hidden=8, shuffle_reduction=4, dequant_steps=1, dequant_hidden=8)
