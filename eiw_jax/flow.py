@@ -125,7 +125,11 @@ class MultiScaleFlow(nn.Module):
   kl_grad_to_guider: bool = True
 
   def forward(self, x, **kwargs):
-    """Image-shaped x -> (latents [z_1..z_K], logdet [B], KL per transition [K-1])."""
+    """Image-shaped x -> (latents [z_1..z_K], logdet [B], KL per transition [K-1]).
+
+    An augmented body (DenseFlow) takes its noise from the 'noise' RNG stream, or
+    from `noise=[scale_1, ..., scale_K]` when given (each as that body expects).
+    """
     return self(x, **kwargs)
 
   def inverse(self, latents: Sequence[jnp.ndarray], **kwargs):
@@ -155,7 +159,7 @@ class MultiScaleFlow(nn.Module):
     latents, kls = [], []
     h = squeeze(x) if self.initial_squeeze else x
     for k, body in enumerate(bodies):
-      h, logdet = body(h, **kwargs)
+      h, logdet = body(h, **_for_scale(kwargs, k))
       total = total + logdet
       if k == self.num_scales - 1:
         break
@@ -194,9 +198,17 @@ class MultiScaleFlow(nn.Module):
         if self.shuffle:
           u, _ = shuffle(k, u.shape[-1])(u, inverse=True)
         h = unsqueeze(u)
-      h, logdet = bodies[k](h, inverse=True, **kwargs)
+      h, logdet = bodies[k](h, inverse=True, **_for_scale(kwargs, k))
       total = total + logdet
     return (unsqueeze(h) if self.initial_squeeze else h), total
+
+
+def _for_scale(kwargs: dict, k: int) -> dict:
+  """Per-scale keyword arguments: `noise` (explicit augmentation noise, for tests of
+  augmented flows) is a sequence with one entry per scale; the rest is shared."""
+  if kwargs.get('noise') is None:
+    return kwargs
+  return {**kwargs, 'noise': kwargs['noise'][k]}
 
 
 def flatten_latents(latents: Sequence[jnp.ndarray]) -> jnp.ndarray:
