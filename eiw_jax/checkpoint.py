@@ -15,6 +15,7 @@ their key data and restores as typed keys with the same impl).
 from __future__ import annotations
 
 import json
+import os
 import logging as std_logging
 import re
 import sys
@@ -80,7 +81,8 @@ class Checkpointer:
                config=None):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
-    self._workdir = epath.Path(workdir)
+    # orbax needs absolute paths; users give relative ones (--workdir=runs/x).
+    self._workdir = epath.Path(os.path.abspath(os.fspath(workdir)))
     self._dir = self._workdir / 'checkpoints'
     self._corrupt_dir = self._workdir / 'corrupt_checkpoints'
     self._config_path = self._workdir / 'config.json'

@@ -338,3 +338,16 @@ def test_objective_keys_and_new_default_keys_are_not_structural(tmp_path):
   changed['model']['num_steps'] += 1
   with pytest.raises(UserError, match='model.num_steps'):
     Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(changed))
+
+
+def test_relative_workdir(tmp_path, monkeypatch):
+  """`--workdir=runs/x` is relative; orbax itself accepts only absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  ckpt = Checkpointer('runs/rel', max_to_keep=2)
+  ckpt.save(1, {'w': jnp.arange(3.0)}, force=True)
+  ckpt.wait()
+  restored, step = ckpt.restore({'w': jnp.zeros(3)})
+  ckpt.close()
+  assert step == 1
+  np.testing.assert_array_equal(restored['w'], np.arange(3.0))
+  assert (tmp_path / 'runs' / 'rel' / 'checkpoints' / '1').is_dir()
