@@ -30,7 +30,6 @@ The dequantizer draws from the 'dequant' stream.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional, Sequence
 
 import jax
@@ -41,9 +40,8 @@ from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
                                sum_event, unsqueeze, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.densenet import DenseBlock, DenseCouplingNet
+from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.nets import Conv
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def denseflow_74_10() -> dict:
@@ -64,11 +62,6 @@ def denseflow_74_10() -> dict:
       dequant=dict(num_steps=4, hidden=64, depth=4, growth=64,
                    context_channels=64, context_depth=4, context_growth=16),
   )
-
-
-def _std_normal_logpdf(eta):
-  """log N(eta; 0, I) summed over event dims: [B, ...] -> [B]."""
-  return sum_event(-0.5 * jnp.square(eta.astype(jnp.float32)) - _HALF_LOG_2PI)
 
 
 class DenseFlowModule(Bijector):
@@ -143,12 +136,12 @@ class CrossUnitCoupling(Bijector):
     if inverse:
       xa, eta_hat = x[..., :-g], x[..., -g:]
       eta = (eta_hat - mu) * jnp.exp(-log_s)
-      return xa, _std_normal_logpdf(eta) - sum_event(log_s)
+      return xa, standard_normal_logpdf(eta) - sum_event(log_s)
     if noise is None:
       noise = jax.random.normal(self.make_rng('noise'), x.shape[:-1] + (g,), x.dtype)
     eta_hat = (mu + jnp.exp(log_s) * noise).astype(x.dtype)
     y = jnp.concatenate([x, eta_hat], axis=-1)           # [B, H, W, C + g]
-    return y, sum_event(log_s) - _std_normal_logpdf(noise)
+    return y, sum_event(log_s) - standard_normal_logpdf(noise)
 
 
 class DenseFlowScale(Bijector):
@@ -285,7 +278,7 @@ class DenseFlowDequantizer(nn.Module):
     loc = self.param('base_loc', nn.initializers.zeros, (4 * c,))
     log_scale = self.param('base_log_scale', nn.initializers.zeros, (4 * c,))
     z = loc + jnp.exp(log_scale) * eps                  # [B, H/2, W/2, 4C]
-    log_q = _std_normal_logpdf(eps) - jnp.sum(log_scale) * (h // 2) * (w // 2)
+    log_q = standard_normal_logpdf(eps) - jnp.sum(log_scale) * (h // 2) * (w // 2)
     net = functools.partial(_DequantCouplingNet, hidden=self.hidden,
                             depth=self.depth, growth=self.growth)
     for s in range(self.num_steps):
