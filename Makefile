@@ -1,5 +1,5 @@
 # make test : create .venv if needed, install everything, run the test suite.
-# make demo : train Fashion-MNIST (:small, ~30 min on 2 CPU cores), evaluate, write samples.
+# make demo : train Fashion-MNIST (:small, ~20 min on 2 CPU cores), evaluate, write samples.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
