@@ -16,12 +16,14 @@ import jax.numpy as jnp
 
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
+from eiw_jax.shuffle.base import FIT_COLLECTION
 
 
 def init(model: EIWFlow, rng, images):
   """Data-dependent initialisation on a batch of integer images. Returns variables."""
   params_rng, call_rng = jax.random.split(rng)
-  return jax.jit(model.init)({'params': params_rng, **rngs_for(call_rng)}, images)
+  variables = jax.jit(model.init)({'params': params_rng, **rngs_for(call_rng)}, images)
+  return {k: v for k, v in variables.items() if k != FIT_COLLECTION}
 
 
 def log_prob(model: EIWFlow, variables, images, rng):
@@ -30,10 +32,15 @@ def log_prob(model: EIWFlow, variables, images, rng):
 
 
 def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
-  """Eq. 12 on a batch: (scalar loss in nats, metrics dict with bpd, loss_bpd, kl)."""
-  lp, kls = model.apply(variables, images, rngs=rngs_for(rng))
+  """Eq. 12 on a batch: (scalar loss in nats, metrics dict with bpd, loss_bpd, kl).
+
+  The loss also holds the Shuffle reading's own fitting loss (metric
+  `shuffle_fit`; 'likelihood' and 'oracle' only), which trains no flow parameter.
+  """
+  (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng), mutable=[FIT_COLLECTION])
+  fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
-  return objective(lp, kls, model.num_dims, weight)
+  return objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
 
 
 def forward(model: EIWFlow, variables, y, rng=None):

@@ -31,10 +31,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       scan=True,                # stack repeated steps and run them with lax.scan
       invertible_grad=False,    # recompute activations from outputs in the backward pass
       shuffle=True,             # the EIW Shuffle; False = vanilla multi-scale flow
+      shuffle_mode='likelihood',  # the Shuffle's reading: 'likelihood', 'kl', 'random', 'oracle'
       shuffle_reduction=16,     # guider reduction ratio r
       solver_layers=2,          # L_S
-      kl_grad_to_guider=True,   # True: Algorithm 1; False: §3.5 (stop_gradient on P)
+      solver_input='normalized',  # the solver's constant input: 4C/4C ('normalized') or 4C ('count')
+      kl_grad_to_guider=True,   # reading 'kl': False holds P constant in the KL
+      shuffle_seed=0,           # reading 'random': the permutations' seed
+      shuffle_refresh_every=100,  # the shuffler's order is refreshed from Q every N steps
       kl_weight=1e-3,           # lambda of Eq. 12
+      kl_units='nats',          # lambda*KL added to the NLL in 'nats' or to bits/dim ('bpd')
       split_prior='standard',   # 'standard' (paper) or 'conditional' (Glow)
       learned_base=False,
       dequantizer='uniform',    # 'uniform' or 'variational'
@@ -45,6 +50,20 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   ))
   cfg.update(overrides)
   return cfg
+
+
+# Keys added after configs were first saved, whose absence (a config.json written
+# before they existed) means the behaviour of that time, not today's default.
+LEGACY_VALUES = {'model.shuffle_mode': 'kl', 'model.solver_input': 'count',
+                 'model.shuffle_refresh_every': 1, 'optim.shuffle_optimizer': 'shared'}
+SHUFFLE_MODES = ('likelihood', 'kl', 'random', 'oracle')
+
+
+def legacy_get(config, name: str):
+  """config's value of the dotted key `name` ('model.shuffle_mode'), or the value
+  its absence means (LEGACY_VALUES) in a config saved before the key existed."""
+  group, key = name.split('.')
+  return config[group].get(key, LEGACY_VALUES[name])
 
 
 def validate(config) -> None:
@@ -73,6 +92,20 @@ def validate(config) -> None:
     raise UserError(f"model.dequantizer must be 'uniform' or 'variational', got {m.dequantizer!r}")
   if m.split_prior not in ('standard', 'conditional'):
     raise UserError(f"model.split_prior must be 'standard' or 'conditional', got {m.split_prior!r}")
+  mode = legacy_get(config, 'model.shuffle_mode')
+  if mode not in SHUFFLE_MODES:
+    raise UserError(f"model.shuffle_mode must be one of {', '.join(SHUFFLE_MODES)}, got "
+                    f"{mode!r}; set --config.model.shuffle_mode=likelihood")
+  if legacy_get(config, 'model.solver_input') not in ('normalized', 'count'):
+    raise UserError(f"model.solver_input must be 'normalized' or 'count', got "
+                    f"{m.solver_input!r}; set --config.model.solver_input=normalized")
+  refresh = legacy_get(config, 'model.shuffle_refresh_every')
+  if not isinstance(refresh, int) or refresh < 1:
+    raise UserError(f'model.shuffle_refresh_every must be an integer >= 1, got {refresh!r}; '
+                    'set --config.model.shuffle_refresh_every=100')
+  if m.get('kl_units', 'nats') not in ('nats', 'bpd'):
+    raise UserError(f"model.kl_units must be 'nats' or 'bpd', got {m.kl_units!r}; "
+                    "set --config.model.kl_units=nats")
   dtype = m.get('compute_dtype', 'float32')  # configs saved before the key existed
   if dtype not in _COMPUTE_DTYPES:
     raise UserError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -127,7 +160,11 @@ def build(config) -> EIWFlow:
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,
       initial_squeeze=m.initial_squeeze, split_prior=m.split_prior,
       learned_base=m.learned_base, shuffle_reduction=m.shuffle_reduction,
-      solver_layers=m.solver_layers, kl_grad_to_guider=m.kl_grad_to_guider)
+      solver_layers=m.solver_layers, kl_grad_to_guider=m.kl_grad_to_guider,
+      shuffle_mode=legacy_get(config, 'model.shuffle_mode'),
+      solver_input=legacy_get(config, 'model.solver_input'),
+      shuffle_refresh_every=legacy_get(config, 'model.shuffle_refresh_every'),
+      shuffle_seed=m.get('shuffle_seed', 0))
   if m.dequantizer == 'uniform':
     dequantizer = UniformDequantizer()
   elif m.backbone == 'denseflow':
@@ -137,4 +174,5 @@ def build(config) -> EIWFlow:
                                          dtype=dtype)
   return EIWFlow(flow=flow, dequantizer=dequantizer,
                  image_shape=(d.image_size, d.image_size, d.channels),
-                 num_bits=d.num_bits, kl_weight=m.kl_weight)
+                 num_bits=d.num_bits, kl_weight=m.kl_weight,
+                 kl_units=m.get('kl_units', 'nats'))

@@ -35,7 +35,8 @@ from eiw_jax.errors import UserError
 _COMMIT_MARKER = 'commit_success.txt'
 _STEP_NAME = re.compile(r'^(0|[1-9][0-9]*)$')
 # Config keys that fix the state's structure (everything under `model` too).
-_STRUCTURE_KEYS = ('data.image_size', 'data.channels', 'data.num_bits')
+_STRUCTURE_KEYS = ('data.image_size', 'data.channels', 'data.num_bits',
+                   'optim.shuffle_optimizer')
 _CONFIG_FIX = "use a new --workdir, or pass the saved config's values"
 
 
@@ -274,26 +275,30 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 # Model keys that change the objective or how it is computed, not the state.
-_FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider',
+_FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider', 'model.kl_units',
                               'model.invertible_grad', 'model.compute_dtype'})
 
 
 def _structure_difference(saved: dict, new: dict):
   """First (key, saved, new) that differs among structural keys, or None.
 
-  A key the saved config lacks (written by an older version) matches when the
-  new value is that key's default.
+  A key the saved config lacks (written by an older version) stands for the
+  behaviour of that version (builder.LEGACY_VALUES) or else for the key's
+  default, and matches a new value equal to that.
   """
-  from eiw_jax.builder import model_config  # pylint: disable=g-import-not-at-top
-  defaults = _flatten({'model': model_config().to_dict()})
+  # pylint: disable=g-import-not-at-top
+  from eiw_jax.builder import LEGACY_VALUES, model_config
+  defaults = {**_flatten({'model': model_config().to_dict()}), **LEGACY_VALUES}
   saved, new = _flatten(saved), _flatten(new)
   structural = lambda k: (k == 'model' or k.startswith('model.') or (
       k in _STRUCTURE_KEYS)) and k not in _FREE_MODEL_KEYS
   for key in sorted(k for k in saved.keys() | new.keys() if structural(k)):
     missing = object()
     old_value, new_value = saved.get(key, missing), new.get(key, missing)
-    if old_value is missing and key in defaults and new_value == defaults[key]:
-      continue
+    if old_value is missing and key in defaults:
+      old_value = defaults[key]
+    if new_value is missing and key in defaults:
+      new_value = defaults[key]
     if old_value != new_value:
       show = lambda v: '<unset>' if v is missing else json.dumps(v)
       return key, show(old_value), show(new_value)

@@ -10,6 +10,7 @@ import ml_collections
 
 from eiw_jax.builder import denseflow_config, model_config
 from eiw_jax.errors import UserError
+from eiw_jax.losses import kl_scale
 
 
 def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
@@ -25,6 +26,11 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
       lr=1e-3, warmup_steps=5000, b1=0.9, b2=0.999,
       grad_clip=0.0,        # global-norm clipping; 0 = off
       ema_decay=0.0,        # EMA of the parameters (used for eval when > 0); 0 = off
+      shuffle_optimizer='sgd',  # the solver / oracle statistics: own SGD ('sgd') or 'shared'
+      shuffle_lr=20.0,      # the solver's SGD rate: Q relaxes to P in ~4/(lambda*shuffle_lr) steps
+      guider_lr=1e-2,       # the guider's own Adam rate (with shuffle_optimizer='sgd')
+      oracle_rate=0.01,     # reading 'oracle': the statistics' moving-average rate per step
+      shuffle_freeze_after=0,  # fix the permutation after this many steps; 0 = never
   ))
   cfg.train = ml_collections.ConfigDict(dict(
       num_steps=train_steps, log_every=100, eval_every=5000, checkpoint_every=1000,
@@ -86,9 +92,41 @@ def validate_run(cfg) -> None:
   for key in ('b1', 'b2', 'ema_decay'):
     if not 0 <= o[key] < 1:
       raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')
-  for key in ('warmup_steps', 'grad_clip'):
+  for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after'):
     if not o[key] >= 0:
       raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set --config.optim.{key}')
+  check_shuffle_rates(cfg)
+
+
+def check_shuffle_rates(cfg) -> None:
+  """Refuses Shuffle rates whose SGD step would overshoot (and so oscillate or diverge).
+
+  Near its fixed point the solver's logits close a fraction ~ w * shuffle_lr / 4 of
+  their gap to the guider per step, w = lambda (kl_units='nats') or lambda D ln 2
+  ('bpd'); the oracle's moving average a fraction oracle_rate.
+  """
+  o, m = cfg.optim, cfg.model
+  if o.shuffle_optimizer not in ('sgd', 'shared'):
+    raise UserError(f"optim.shuffle_optimizer must be 'sgd' or 'shared', got "
+                    f"{o.shuffle_optimizer!r}; set --config.optim.shuffle_optimizer=sgd")
+  if o.shuffle_optimizer != 'sgd':
+    return
+  if not 0 < o.oracle_rate <= 1:
+    raise UserError(f'optim.oracle_rate must be in (0, 1], got {o.oracle_rate}; '
+                    'set --config.optim.oracle_rate=0.01')
+  if not o.guider_lr > 0:
+    raise UserError(f'optim.guider_lr must be > 0, got {o.guider_lr}; '
+                    'set --config.optim.guider_lr=1e-2')
+  if not o.shuffle_lr > 0:
+    raise UserError(f'optim.shuffle_lr must be > 0, got {o.shuffle_lr}; '
+                    'set --config.optim.shuffle_lr=20')
+  d = cfg.data
+  weight = m.kl_weight * kl_scale(d.image_size * d.image_size * d.channels, m.kl_units)
+  if weight * o.shuffle_lr / 4 >= 1:
+    raise UserError(
+        f'the solver\'s SGD step overshoots: lambda (in {m.kl_units}) * optim.shuffle_lr / 4 = '
+        f'{weight * o.shuffle_lr / 4:.3g} >= 1; set --config.optim.shuffle_lr below '
+        f'{4 / weight:.3g}')
 
 
 def denseflow_base(*, name: str, image_size: int, batch_size: int,

@@ -36,6 +36,7 @@ class EIWFlow(nn.Module):
   image_shape: Sequence[int]  # (H, W, C)
   num_bits: int = 8
   kl_weight: float = 1e-3
+  kl_units: str = 'nats'  # lambda * KL added to the NLL in nats or in bits/dim
 
   @property
   def num_dims(self) -> int:

@@ -26,7 +26,8 @@ import optax
 import tqdm
 
 from eiw_jax import api, checkpoint, config_lib, data, sharding
-from eiw_jax.builder import build, validate
+from eiw_jax import shuffle
+from eiw_jax.builder import build, legacy_get, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 from eiw_jax.model import EIWFlow
@@ -48,8 +49,30 @@ class TrainState:
     return {'params': params, 'consts': self.consts}
 
 
+def _shuffle_label(path, unused_leaf) -> str:
+  """'solver', 'guider' or 'oracle' for the Shuffle's parameters, else 'flow'."""
+  names = [getattr(p, 'key', str(p)) for p in path]
+  if any(n.startswith('shuffle_') for n in names):
+    for part, label in (('solver', 'solver'), ('guider', 'guider'), ('stats', 'oracle')):
+      if part in names:
+        return label
+  return 'flow'
+
+
 def make_optimizer(optim) -> optax.GradientTransformation:
-  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip."""
+  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip.
+
+  With `optim.shuffle_optimizer='sgd'` (the default) the Shuffle's solver and the
+  oracle's statistics are updated by plain SGD of their own, at `optim.shuffle_lr`
+  and `optim.oracle_rate`, until `optim.shuffle_freeze_after` steps (0: never),
+  and the guider by Adam at `optim.guider_lr` (its target moves with the flow, and
+  at the flow's rate it would need thousands of steps to learn it).
+  Adam and Adamax ignore a gradient's scale, so under them λ could not matter for
+  the solver, which sees only λ·KL; under SGD Q's logits relax toward the
+  guider's mean P with a time constant of about 4 / (λ · shuffle_lr) steps (a
+  normalised solver input at init). 'shared' puts them on the flow's optimiser
+  (the behaviour of runs saved before the option existed).
+  """
   warmup = max(int(optim.warmup_steps), 1)
   schedule = lambda step: optim.lr * jnp.minimum(1.0, (step + 1) / warmup)
   if optim.name == 'adamax':
@@ -58,6 +81,18 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2)
   else:
     raise UserError(f"optim.name must be 'adam' or 'adamax', got {optim.name!r}")
+  if legacy_get({'optim': optim}, 'optim.shuffle_optimizer') == 'sgd':
+    freeze = int(optim.get('shuffle_freeze_after', 0))
+
+    def sgd(rate):
+      if freeze <= 0:
+        return optax.sgd(rate)
+      return optax.sgd(lambda step: jnp.where(step < freeze, rate, 0.0))
+
+    opt = optax.multi_transform(
+        {'flow': opt, 'solver': sgd(optim.shuffle_lr), 'oracle': sgd(optim.oracle_rate),
+         'guider': optax.adam(optim.guider_lr)},
+        lambda params: jax.tree_util.tree_map_with_path(_shuffle_label, params))
   if optim.grad_clip > 0:
     opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
   return opt
@@ -96,6 +131,14 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
       opt_state=keep(opt_state, state.opt_state), ema_params=ema,
       nonfinite_streak=(state.nonfinite_streak + 1) * bad,
       nonfinite_total=state.nonfinite_total + bad)
+  flow_consts = state.consts.get('flow', {})
+  if model.flow.shuffle:
+    new_consts = shuffle.refresh_orders(model.flow, new_state.params['flow'], flow_consts,
+                                        new_state.step)
+    new_state = new_state.replace(consts={**new_state.consts, 'flow': new_consts})
+    metrics.update(shuffle.split_changes(
+        model.flow, {'params': state.params['flow'], 'consts': flow_consts},
+        {'params': new_state.params['flow'], 'consts': new_consts}))
   metrics = dict(metrics, grad_norm=grad_norm, nonfinite=bad,
                  nonfinite_total=new_state.nonfinite_total,
                  nonfinite_streak=new_state.nonfinite_streak)
@@ -262,7 +305,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batch = trainer.global_batch(next(batches))
         input_s = time.perf_counter() - t0
         state, metrics = trainer._step(state, batch)
-        monitor.tick(input_s)
+        monitor.tick(input_s, metrics)
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)
         pending = (step, metrics['nonfinite_streak'])

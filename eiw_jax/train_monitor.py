@@ -43,15 +43,30 @@ class Monitor:
     self._sample = jax.jit(lambda v, k: api.sample(model, v, k, n, temp))
     self._test = test_split
     self._input_s = 0.0
+    self._changes = None  # per transition: steps whose update changed the factored-out set
 
-  def tick(self, input_s: float = 0.0) -> None:
-    """One step done; `input_s` is the time the host waited for its batch."""
+  def tick(self, input_s: float = 0.0, metrics=None) -> None:
+    """One step done; `input_s` is the time the host waited for its batch.
+
+    The Shuffle's per-step `split_changed_k` flags are summed on the device (no
+    host sync) and logged as `split_changes_k`: the number of steps since the
+    previous log whose update changed transition k's factored-out channel set.
+    """
     self._input_s += input_s
+    flags = {k: v for k, v in (metrics or {}).items() if k.startswith('split_changed_')}
+    if flags:
+      self._changes = flags if self._changes is None else jax.tree.map(
+          jnp.add, self._changes, flags)
     self.pbar.update(1)
 
   def log(self, step: int, metrics, extra=None) -> dict:
     """Fetches the step's metrics (one host sync per logged step) and writes them."""
-    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    record = {k: float(v) for k, v in jax.device_get(metrics).items()
+              if not k.startswith('split_changed_')}
+    if self._changes is not None:
+      record.update({k.replace('changed', 'changes'): int(v)
+                     for k, v in jax.device_get(self._changes).items()})
+      self._changes = None
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)
     elapsed = max(now - self._last_time, 1e-9)

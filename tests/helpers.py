@@ -30,3 +30,13 @@ def brute_force_logdet(fn, x):
   sign, logdet = np.linalg.slogdet(np.asarray(jac, np.float64))
   assert sign != 0
   return logdet
+
+
+def commit_orders(model, variables):
+  """The variables after a refresh of the shuffler's order from the live Q (as
+  training does every model.shuffle_refresh_every steps), so that a perturbed
+  solver really permutes."""
+  from eiw_jax import shuffle  # pylint: disable=g-import-not-at-top
+  consts = variables.get('consts', {})
+  flow = shuffle.refresh_orders(model.flow, variables['params']['flow'], consts.get('flow', {}), 0)
+  return {**variables, 'consts': {**consts, 'flow': flow}}

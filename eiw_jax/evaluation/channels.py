@@ -1,7 +1,8 @@
 """Eval mode `channels`: maps of x_k and z_k before/after the Shuffle (paper §8.2, Fig. 12).
 
 For one test image (the first) and each transition k, u_k's channels are ranked
-by the solver's weights Q. Before the Shuffle x_k / z_k are u_k[..., :2C] /
+by the Shuffle's weights (the solver's Q; for 'random' and 'oracle' the softmax
+of their scores). Before the Shuffle x_k / z_k are u_k[..., :2C] /
 u_k[..., 2C:]; after it they are the halves of û_k = u_k[..., perm]. For each of
 the four tensors the l = eval.channels_top channels with the highest Q and the l
 with the lowest Q are drawn, each map min-max normalised on its own. PNG
@@ -25,16 +26,18 @@ ROWS = ('before_x_high', 'before_x_low', 'before_z_high', 'before_z_low',
         'after_x_high', 'after_x_low', 'after_z_high', 'after_z_low')
 
 
-def _ranked(channels: np.ndarray, q: np.ndarray, top: int):
-  """Channel indices (into u_k) of the `top` highest- and lowest-Q among `channels`."""
-  by_q = channels[np.argsort(-q[channels], kind='stable')]
+def _ranked(channels: np.ndarray, perm: np.ndarray, top: int):
+  """Channel indices (into u_k) of the `top` highest- and lowest-Q among `channels`
+  (ranked by their place in perm, Q's stable descending order, so ties rank alike)."""
+  place = np.argsort(perm)
+  by_q = channels[np.argsort(place[channels], kind='stable')]
   return by_q[:top], by_q[::-1][:top]
 
 
 def run(ctx) -> dict:
   model, variables = ctx.model, ctx.variables
   if not model.flow.shuffle:
-    return dict(skipped='vanilla model: no Shuffle, so no solver weights Q to rank channels by')
+    return dict(skipped='vanilla model: no Shuffle, so no channel weights to rank channels by')
   if model.flow.num_scales < 2:
     return dict(skipped='a single-scale flow has no transitions')
   image = np.asarray(ctx.test.images[:1])
@@ -50,7 +53,7 @@ def run(ctx) -> dict:
                   after_x=perm[:half], after_z=perm[half:])
     chosen = {}
     for name, chans in halves.items():
-      chosen[f'{name}_high'], chosen[f'{name}_low'] = _ranked(chans, q, top)
+      chosen[f'{name}_high'], chosen[f'{name}_low'] = _ranked(chans, perm, top)
     maps = [normalize_maps(np.moveaxis(u[..., chosen[r]], -1, 0))[..., None] for r in ROWS]
     fname = f'channels_k{k + 1}.png'
     save_rows(maps, os.path.join(ctx.out_dir, fname), 8)

@@ -2,8 +2,8 @@
 
 At transition k (flow.py), u_k = Squeeze(h_k) with h_k the output of scale k's
 flow steps. Before the Shuffle, x_k / z_k are the first / second half of u_k's
-channels; after it, of û_k = u_k[..., perm] with perm = channel_order(solver
-logits) (paper §3.4, §8.2).
+channels; after it, of û_k = u_k[..., perm] with perm = channel_order(scores)
+(paper §3.4, §8.2; the scores are the solver's logits in the readings with one).
 
 u_k is recovered without touching flow.py: the model is applied to the data
 (its own dequantizer, as in training) with flax `capture_intermediates`
@@ -22,7 +22,7 @@ import numpy as np
 
 from eiw_jax.bijectors import squeeze
 from eiw_jax.model import rngs_for
-from eiw_jax.shuffle import Shuffle, channel_order
+from eiw_jax.shuffle import channel_order, transition_scores
 
 
 def _is_scale_output(module, method_name: str) -> bool:
@@ -44,20 +44,12 @@ def transition_tensors(model, variables, images, rng) -> List[jnp.ndarray]:
   return out
 
 
-def solver_logits(model, variables, k: int, num_channels: int) -> jnp.ndarray:
-  """Logits of Q at transition k ([4C]); Q = softmax(logits)."""
-  flow = model.flow
-  shuffle = Shuffle(num_channels, flow.shuffle_reduction, flow.solver_layers)
-  params = {'params': variables['params']['flow'][f'shuffle_{k}']}
-  return shuffle.apply(params, method=lambda m: m.solver())
-
-
 def channel_orders(model, variables, num_channels) -> Optional[List[Tuple[np.ndarray, np.ndarray]]]:
-  """Per transition (Q [4C], perm [4C]) as the flow uses them; None for the vanilla model."""
+  """Per transition (weights [4C], perm [4C]) as the flow uses them; None for the
+  vanilla model. The weights sum to 1 and their stable descending order is perm:
+  Q for the readings with a solver, softmax of the scores for the others."""
   if not model.flow.shuffle:
     return None
-  out = []
-  for k, c in enumerate(num_channels):
-    logits = solver_logits(model, variables, k, c)
-    out.append((np.asarray(jax.nn.softmax(logits)), np.asarray(channel_order(logits))))
-  return out
+  scores = transition_scores(model.flow, variables['params']['flow'], num_channels,
+                             flow_consts=variables.get('consts', {}).get('flow', {}))
+  return [(np.asarray(jax.nn.softmax(s)), np.asarray(channel_order(s))) for s in scores]

@@ -1,0 +1,69 @@
+"""Reading 'likelihood' (paper §3.5 and §4): the guider learns from the likelihood.
+
+§3.5: "By focusing the G's training on maximizing the dataset's likelihood,
+i.e., −log q_θ(x), without the influence of the KL loss, each element in P can
+reflect the richness and importance of the corresponding channel feature map's
+feature information." §4: a channel that carries more information gets a larger
+weight and goes on to the next scale; the channels that are already closest to
+the Gaussian prior are factored out.
+
+The argsort has no gradient, so the likelihood is brought to the guider as a
+target. For each image b and channel c of u_k, the NLL per dimension that the
+fixed N(0, I) split prior would charge if c were factored out now,
+
+    n_bc = mean_hw [u_bhwc^2 / 2] + log(2 pi) / 2          (ops.channel_nll)
+
+(the channel's entropy plus its distance from the prior) is standardised over
+the channels and turned into a distribution T_b = softmax((n_b - mean) / std).
+The guider fits it, P_b -> T_b, by cross-entropy; u_k and T are held constant,
+so this loss trains the guider and nothing else. The KL of Eq. 11 is taken with
+P held constant, so it trains only the solver: Q follows the mean of P, and the
+argsort sends the channels the prior explains worst (the information-rich ones)
+to the next scale and factors out the ones it already explains.
+
+The target assumes the paper's fixed N(0, I) split prior (model.split_prior =
+'standard'); with Glow's conditional prior it is the cost before that prior.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from eiw_jax.shuffle.base import ShuffleBase
+from eiw_jax.shuffle.nets import Guider, Solver
+from eiw_jax.shuffle.ops import channel_nll, kl_divergence, soft_cross_entropy
+
+
+def channel_target(u: jnp.ndarray) -> jnp.ndarray:
+  """[B, H, W, 4C] -> T [B, 4C]: softmax over channels of the standardised NLL n_bc."""
+  nll = channel_nll(u)
+  mean = jnp.mean(nll, axis=-1, keepdims=True)
+  std = jnp.std(nll, axis=-1, keepdims=True)
+  return jax.nn.softmax((nll - mean) / (std + 1e-6), axis=-1)
+
+
+class LikelihoodShuffle(ShuffleBase):
+  """Solver + shuffler + guider; the guider fits the likelihood target T, the
+  solver fits the guider through the KL."""
+  reduction: int = 16
+  solver_layers: int = 2
+  solver_input: str = 'normalized'
+
+  def setup(self):
+    super().setup()
+    self.solver = Solver(self.num_channels, self.solver_layers, self.solver_input)
+    self.guider = Guider(self.num_channels, self.reduction)
+
+  def live_scores(self):
+    return self.solver()
+
+  def penalties(self, u, scores):
+    u = jax.lax.stop_gradient(u)
+    p_logits = self.guider(u)
+    fit = soft_cross_entropy(channel_target(u), p_logits)
+    kl = kl_divergence(jax.lax.stop_gradient(p_logits), scores)
+    return kl, fit
+
+  def guide(self, u):
+    """P, the guider's per-example channel weights [B, 4C] (each row sums to 1)."""
+    return jax.nn.softmax(self.guider(u), axis=-1)

@@ -1,0 +1,175 @@
+"""The Shuffle ablation (issue 9): vanilla / random / kl / likelihood / oracle, seeds, a λ sweep.
+
+    python experiments/shuffle_ablation.py --dataset=fashion_mnist --workdir=runs/ablation
+
+Every run trains the same small Glow-backbone model on Fashion-MNIST (Debian's
+package, offline) for the same number of steps, with the same data order and
+initial flow weights for a given seed; only the Shuffle differs. Each run is
+then evaluated on the full test set (bits/dim from one dequantisation draw and
+the importance-weighted bound), by the entropy mode (R2E2 of the halves after
+the Shuffle) and by how often its factored-out channel set changed.
+
+Resumable: rerun the same command. A finished run keeps its result.json and is
+skipped; an unfinished one resumes from its newest checkpoint. Several copies of
+the command may run at once (say one per core, with --reverse on the second):
+each run is locked by the process training it, and a killed process's lock goes
+with it. After every run
+docs/RESULTS.md and docs/shuffle_ablation.png are rewritten from all finished
+runs (--report_only rewrites them without training).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import ablation_report
+
+_DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'configs/<dataset>.py to start from.')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/ablation', 'One sub-directory per run.')
+_STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps per run.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every arm.')
+_ARMS = flags.DEFINE_list('arms', ['vanilla', 'random', 'kl', 'likelihood', 'oracle'], 'Arms.')
+_LAMBDAS = flags.DEFINE_list('lambdas', ['1e-1', '1e-2', '1e-4'],
+                             'Extra λ for the best reading (the arms use the default 1e-3).')
+_SWEEP_SEEDS = flags.DEFINE_list('sweep_seeds', ['0', '1', '2'], 'Seeds of the λ sweep.')
+_IW = flags.DEFINE_integer('iw_samples', 4, 'k of the importance-weighted test bound.')
+_DOCS = flags.DEFINE_string('docs', 'docs', 'Where RESULTS.md and the plot go.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
+_REVERSE = flags.DEFINE_bool('reverse', False, 'Take the runs from the end of the plan.')
+
+BASE_LAMBDA = 1e-3
+SOLVER_ARMS = ('kl', 'likelihood')
+
+
+def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: float):
+  """The shared small model (the paper's fixed N(0, I) split prior) with one arm's Shuffle."""
+  import importlib
+  cfg = importlib.import_module(f'configs.{dataset}').get_config()
+  cfg.model.update(num_scales=2, num_steps=4, hidden=64, split_prior='standard',
+                   learned_base=True, dequantizer='uniform', shuffle=arm != 'vanilla',
+                   shuffle_mode='likelihood' if arm == 'vanilla' else arm,
+                   shuffle_seed=seed, kl_weight=kl_weight)
+  cfg.data.batch_size = 64
+  cfg.optim.update(lr=5e-4, warmup_steps=200)
+  cfg.train.update(num_steps=steps, seed=seed, log_every=50, eval_every=steps,
+                   checkpoint_every=250, keep_checkpoints=2, eval_examples=1000,
+                   num_samples=16)
+  cfg.eval.update(batch_size=500, num_examples=0, iw_samples=_IW.value,
+                  entropy_examples=1000)
+  return cfg
+
+
+def run_name(arm: str, seed: int, kl_weight: float) -> str:
+  lam = '' if kl_weight == BASE_LAMBDA or arm not in SOLVER_ARMS else f'_lam{kl_weight:g}'
+  return f'{arm}{lam}_s{seed}'
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Full-test-set bits/dim (+ IW bound), entropy, and the run's split changes."""
+  import jax
+  from eiw_jax import data, evaluation, train_lib
+  model, variables, step = train_lib.load_for_eval(config, workdir)
+  splits = {}
+  ctx = evaluation.EvalContext(
+      model=model, variables=variables, config=config, out_dir=os.path.join(workdir, 'eval'),
+      rng=jax.random.key(0),
+      load_split=lambda s: splits.setdefault(s, data.load_split(config.data, s)))
+  os.makedirs(ctx.out_dir, exist_ok=True)
+  out = dict(step=step, bpd=evaluation.get_mode('bpd')(ctx))
+  out['entropy'] = evaluation.get_mode('entropy')(ctx)
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  warm = config.optim.warmup_steps
+  for key in sorted({k for r in records for k in r if k.startswith('split_changes_')}):
+    out[key] = sum(int(r.get(key, 0)) for r in records)
+    out[f'{key}_after_warmup'] = sum(int(r.get(key, 0)) for r in records if r['step'] > warm + 50)
+  out['train_bpd_last'] = records[-1].get('bpd')
+  out['images_per_s'] = sum(r.get('images_per_s', 0) for r in records) / max(len(records), 1)
+  return out
+
+
+def _lock(workdir: str):
+  """An exclusive lock on the run (held until the process ends), or None if taken."""
+  os.makedirs(workdir, exist_ok=True)
+  f = open(os.path.join(workdir, 'run.lock'), 'w')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.close()
+    return None
+  return f
+
+
+def one_run(arm: str, seed: int, kl_weight: float) -> bool:
+  """Trains and evaluates one run; False if another process holds it."""
+  name = run_name(arm, seed, kl_weight)
+  workdir = os.path.abspath(os.path.join(_WORKDIR.value, name))
+  result_path = os.path.join(workdir, 'result.json')
+  lock = _lock(workdir)
+  if lock is None:
+    return False
+  try:
+    if not os.path.exists(result_path):
+      print(f'== {name} (pid {os.getpid()})', file=sys.stderr)
+      _train_and_evaluate(arm, seed, kl_weight, name, workdir, result_path)
+  finally:
+    lock.close()
+  return True
+
+
+def _train_and_evaluate(arm, seed, kl_weight, name, workdir, result_path):
+  from eiw_jax import train_lib
+  config = ablation_config(_DATASET.value, arm, seed, _STEPS.value, kl_weight)
+  t0 = time.time()
+  train_lib.train_and_evaluate(config, workdir)
+  result = dict(name=name, arm=arm, seed=seed, kl_weight=kl_weight, steps=_STEPS.value,
+                train_s=time.time() - t0, **evaluate(config, workdir))
+  tmp = result_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, result_path)
+  print(f'{name}: test bpd {result["bpd"]["bpd"]:.4f}', file=sys.stderr)
+  ablation_report.write(ablation_report.load_results(_WORKDIR.value), _DOCS.value, _command())
+
+
+def plan(results) -> list:
+  """(arm, seed, λ) of every run, the arms first (seed by seed), then the λ sweep of
+  the reading with the lowest mean test bits/dim once all of its arm runs are in."""
+  seeds = [int(s) for s in _SEEDS.value]
+  runs = [(arm, s, BASE_LAMBDA) for s in seeds for arm in _ARMS.value]
+  best = ablation_report.best_reading(results, SOLVER_ARMS, len(seeds))
+  if best is not None:
+    runs += [(best, int(s), float(lam)) for s in _SWEEP_SEEDS.value for lam in _LAMBDAS.value]
+  return runs
+
+
+def main(argv):
+  del argv
+  while not _REPORT_ONLY.value:
+    results = ablation_report.load_results(_WORKDIR.value)
+    todo = [r for r in plan(results) if run_name(*r) not in results]
+    if not todo:
+      break
+    print(f'{len(results)} of {len(plan(results))} runs done', file=sys.stderr)
+    for arm, seed, lam in (reversed(todo) if _REVERSE.value else todo):
+      if one_run(arm, seed, lam):
+        break
+    else:
+      time.sleep(30)  # everything left is being trained by other processes
+  ablation_report.write(ablation_report.load_results(_WORKDIR.value), _DOCS.value, _command())
+
+
+def _command() -> str:
+  return ('python experiments/shuffle_ablation.py '
+          f'--dataset={_DATASET.value} --workdir={_WORKDIR.value} --steps={_STEPS.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,277 @@
+"""The Shuffle's readings (model.shuffle_mode): which gradients reach S and G, a
+solver that settles, λ that matters, exact bijections, and old configs' meaning."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import eiw_jax
+from eiw_jax import shuffle
+from eiw_jax.builder import LEGACY_VALUES
+from eiw_jax.checkpoint import _structure_difference
+from eiw_jax.config_lib import base_config, check_shuffle_rates
+from eiw_jax.errors import UserError
+from eiw_jax.losses import LN2, objective
+from eiw_jax.shuffle.base import FIT_COLLECTION
+from eiw_jax.train_lib import make_optimizer
+
+
+def tiny_config(mode, kl_weight=1e-3, **model):
+  return ml_collections.ConfigDict(dict(
+      model=eiw_jax.model_config(num_scales=2, num_steps=1, hidden=8, shuffle_reduction=4,
+                                 shuffle_mode=mode, kl_weight=kl_weight, **model),
+      data=dict(image_size=8, channels=1, num_bits=8)))
+
+
+IMAGES = jax.random.randint(jax.random.key(0), (4, 8, 8, 1), 0, 256)
+
+
+@functools.lru_cache(maxsize=None)
+def grads_at_zero_lambda(mode):
+  """Gradients of the training loss with λ = 0 at one shared initialisation."""
+  model = eiw_jax.build(tiny_config(mode, kl_weight=0.0))
+  v = eiw_jax.init(model, jax.random.key(1), IMAGES)
+  v = {**v, 'params': jax.tree.map(lambda x: x, v['params'])}
+  fn = lambda p: eiw_jax.loss(model, {**v, 'params': p}, IMAGES, jax.random.key(2))[0]
+  return jax.grad(fn)(v['params'])
+
+
+def _abs_sum(tree):
+  return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_likelihood_reaches_the_guider_even_with_zero_lambda():
+  g = grads_at_zero_lambda('likelihood')['flow']['shuffle_0']
+  assert _abs_sum(g['guider']) > 0
+  assert _abs_sum(g['solver']) == 0  # λ = 0: the KL, the solver's only signal, is off
+
+
+def test_kl_reading_gives_the_shuffle_nothing_with_zero_lambda():
+  g = grads_at_zero_lambda('kl')['flow']['shuffle_0']
+  assert _abs_sum(g['guider']) == 0 and _abs_sum(g['solver']) == 0
+
+
+def test_guider_target_trains_no_flow_parameter():
+  # The likelihood reading's fitting loss holds u_k constant: every flow gradient
+  # equals the 'kl' reading's at λ = 0 (where the Shuffle adds nothing).
+  lik, kl = grads_at_zero_lambda('likelihood'), grads_at_zero_lambda('kl')
+  strip = lambda g: {k: v for k, v in g['flow'].items() if not k.startswith('shuffle_')}
+  chex.assert_trees_all_close(strip(lik), strip(kl), rtol=1e-6, atol=1e-6)
+  assert _abs_sum(strip(lik)) > 0
+
+
+def test_likelihood_target_ranks_channels_by_their_prior_cost():
+  scales = jnp.array([0.1, 3.0, 1.0, 0.5])
+  u = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)) * scales
+  t = shuffle.likelihood.channel_target(u)
+  np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.argsort(-np.asarray(t), axis=-1), [[1, 2, 3, 0]] * 2)
+  # n_bc by hand: 0.5 mean(u^2) + 0.5 log(2 pi).
+  np.testing.assert_allclose(shuffle.channel_nll(u)[0, 1],
+                             0.5 * np.mean(np.square(np.asarray(u)[0, ..., 1])) +
+                             0.5 * np.log(2 * np.pi), rtol=1e-5)
+
+
+def test_guider_fit_by_hand():
+  n = 8
+  u = jax.random.normal(jax.random.key(0), (3, 2, 2, n)) * jnp.arange(1, n + 1)
+  sh = shuffle.LikelihoodShuffle(n, reduction=2)
+  v = sh.init(jax.random.key(1), u, method='forward')
+  (_, kl), sown = sh.apply(v, u, method='forward_with_kl', mutable=[FIT_COLLECTION])
+  (fit,) = jax.tree.leaves(sown)
+  u64 = np.asarray(u, np.float64)
+  nll = 0.5 * np.mean(u64**2, axis=(1, 2)) + 0.5 * np.log(2 * np.pi)
+  z = (nll - nll.mean(-1, keepdims=True)) / nll.std(-1, keepdims=True)
+  target = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  p = np.asarray(sh.apply(v, u, method='guide'), np.float64)
+  np.testing.assert_allclose(float(fit), -np.mean(np.sum(target * np.log(p), -1)), rtol=1e-5)
+  q = np.full(n, 1.0 / n)  # uniform Q at init
+  np.testing.assert_allclose(float(kl), np.mean(np.sum(p * np.log(p / q), -1)), rtol=1e-4)
+
+
+@pytest.mark.parametrize('mode', ['random', 'oracle'])
+def test_parameter_free_readings_are_exact_bijections(mode):
+  n = 12
+  u = jax.random.normal(jax.random.key(3), (2, 3, 3, n))
+  sh = shuffle.make_shuffle(mode, n, transition=1, seed=7)
+  v = sh.init(jax.random.key(0), u, method='forward')
+  if mode == 'oracle':
+    v = {'params': {'stats': jax.random.normal(jax.random.key(4), (n,))}}
+  y, ld = sh.apply(v, u, method='forward')
+  assert not np.array_equal(y, u)
+  x, ld_inv = sh.apply(v, y, method='inverse')
+  np.testing.assert_array_equal(x, u)
+  np.testing.assert_array_equal(ld, 0.0)
+  np.testing.assert_array_equal(ld_inv, 0.0)
+  perm = np.asarray(shuffle.channel_order(sh.apply(v, method='scores')))
+  np.testing.assert_array_equal(y, np.asarray(u)[..., perm])
+
+
+def test_random_permutation_is_seeded_per_transition():
+  orders = {(seed, k): tuple(np.asarray(shuffle.channel_order(
+      shuffle.make_shuffle('random', 16, transition=k, seed=seed).apply({}, method='scores'))))
+            for seed in (0, 1) for k in (0, 1)}
+  assert len(set(orders.values())) == 4
+  again = shuffle.make_shuffle('random', 16, transition=1, seed=1).apply({}, method='scores')
+  assert tuple(np.asarray(shuffle.channel_order(again))) == orders[(1, 1)]
+  assert shuffle.make_shuffle('random', 16).init(jax.random.key(0), jnp.zeros((1, 1, 1, 16)),
+                                                 method='forward') == {}
+
+
+def test_oracle_statistic_is_a_moving_average_of_the_channel_cost():
+  n, rate = 6, 0.25
+  cfg = base_config(name='x', image_size=4, channels=1, batch_size=1, train_steps=1)
+  cfg.optim.oracle_rate = rate
+  sh = shuffle.make_shuffle('oracle', n)
+  u = jax.random.normal(jax.random.key(0), (3, 2, 2, n)) * jnp.arange(1, n + 1)
+  params = sh.init(jax.random.key(0), u, method='forward')['params']
+  opt = make_optimizer(cfg.optim)
+  tree = {'flow': {'shuffle_0': params}}
+  state = opt.init(tree)
+
+  def fit(p):
+    _, sown = sh.apply({'params': p['flow']['shuffle_0']}, u, method='forward_with_kl',
+                       mutable=[FIT_COLLECTION])
+    return sum(jax.tree.leaves(sown))
+
+  updates, _ = opt.update(jax.grad(fit)(tree), state, tree)
+  new = optax.apply_updates(tree, updates)['flow']['shuffle_0']['stats']
+  target = np.mean(np.asarray(shuffle.channel_nll(u)), axis=0)
+  np.testing.assert_allclose(new, rate * target, rtol=1e-5)  # s <- s + rate (n - s), s = 0
+
+
+def _synthetic_u(key, n, batch=16):
+  """u_k whose channels have fixed, distinct scales (their prior cost) and fresh noise."""
+  scales = jnp.exp(jax.random.uniform(jax.random.key(99), (n,), minval=-1.0, maxval=1.0))
+  return jax.random.normal(key, (batch, 4, 4, n)) * scales, scales
+
+
+def _train_shuffle(n, lambdas, steps, optim_updates=None, refresh_every=100):
+  """Trains a LikelihoodShuffle alone on synthetic u_k as train_step does (guider:
+  Adamax at the flow's rate; solver: its own SGD; the shuffler's order refreshed
+  every `refresh_every` steps). Returns per λ: (live and committed factored-out
+  masks per step, final live Q)."""
+  cfg = base_config(name='x', image_size=4, channels=1, batch_size=1, train_steps=1)
+  cfg.optim.update(warmup_steps=20, **(optim_updates or {}))
+  opt = make_optimizer(cfg.optim)
+  flow = eiw_jax.MultiScaleFlow(num_scales=2, body=None, shuffle_mode='likelihood',
+                                shuffle_refresh_every=refresh_every)
+  sh = shuffle.make_shuffle('likelihood', n, reduction=16, refresh_every=refresh_every)
+  u0, _ = _synthetic_u(jax.random.key(0), n)
+  v = sh.init(jax.random.key(1), u0, method='forward')
+  params = {'flow': {'shuffle_0': v['params']}}
+  consts = {'shuffle_0': v.get('consts', {})}
+
+  def loss(p, c, u, lam):
+    (_, kl), sown = sh.apply({'params': p['flow']['shuffle_0'], 'consts': c['shuffle_0']}, u,
+                             method='forward_with_kl', mutable=[FIT_COLLECTION])
+    return lam * kl + sum(jax.tree.leaves(sown))
+
+  @jax.jit
+  def run(lam):
+    def step(carry, key):
+      p, s, c, i = carry
+      u, _ = _synthetic_u(key, n)
+      updates, s = opt.update(jax.grad(loss)(p, c, u, lam), s, p)
+      p = optax.apply_updates(p, updates)
+      c = shuffle.refresh_orders(flow, p['flow'], c, i + 1)
+      (live,) = shuffle.transition_scores(flow, p['flow'])
+      (used,) = shuffle.transition_scores(flow, p['flow'], flow_consts=c)
+      masks = [shuffle.factored_mask(shuffle.channel_order(x)) for x in (live, used)]
+      return (p, s, c, i + 1), jnp.stack(masks)
+
+    keys = jax.random.split(jax.random.key(2), steps)
+    (p, _, _, _), masks = jax.lax.scan(step, (params, opt.init(params), consts, 0), keys)
+    return masks[:, 0], masks[:, 1], jax.nn.softmax(shuffle.transition_scores(flow, p['flow'])[0])
+
+  return [run(jnp.float32(lam)) for lam in lambdas]
+
+
+def _changes(masks):
+  masks = np.asarray(masks)
+  return np.any(masks[1:] != masks[:-1], axis=-1)  # [steps - 1]: step i+1 changed the set
+
+
+@pytest.mark.parametrize('n', [248, 616])  # DenseFlow-74-10's 4C at its two transitions
+def test_split_settles_at_paper_channel_counts(n):
+  steps = 400
+  (live, used, q), = _train_shuffle(n, [1e-3], steps)
+  # The split the flow sees changes only at refreshes (steps 100, 200, ...): at
+  # most 1% of the steps. The first refresh leaves the identity.
+  used_changes = _changes(used)  # index i: step i + 2 changed the set
+  changed_at = used_changes.nonzero()[0] + 2
+  assert changed_at[0] == 100 and np.all(changed_at % 100 == 0), changed_at
+  assert used_changes.sum() <= steps // 100
+  np.testing.assert_array_equal(np.asarray(used)[299], np.asarray(live)[299])  # a refresh step
+  # The live Q settles: its set changes less often late than early.
+  live_changes = _changes(live)
+  assert live_changes[300:].sum() < live_changes[:100].sum()
+  # The channels the N(0, I) prior explains worst (largest scale) go on.
+  _, scales = _synthetic_u(jax.random.key(0), n)
+  expected = np.zeros(n, bool)
+  expected[np.argsort(-np.asarray(scales))[:n // 2]] = True
+  assert (~np.asarray(used)[-1] == expected).mean() >= 0.75
+  assert float(-jnp.sum(q * jnp.log(q))) < np.log(n)  # Q has left uniform
+
+
+def test_lambda_changes_q():
+  (_, _, q_big), (_, _, q_small) = _train_shuffle(64, [1e-1, 1e-4], 100)
+  gap = float(jnp.max(jnp.abs(jnp.log(q_big) - jnp.log(q_small))))
+  assert gap > 0.1, gap
+
+
+def test_freeze_fixes_the_permutation():
+  (live, _, _), = _train_shuffle(64, [1e-1], 60, dict(shuffle_freeze_after=5), refresh_every=1)
+  changes = _changes(live)
+  assert changes[:4].any() and not changes[4:].any()
+
+
+def test_solver_input_normalized_keeps_updates_small():
+  # One SGD step on λ KL: the logits move by ~λ lr / 4 per unit of relative gap,
+  # with the normalised input; the raw count 616 multiplies the first layer's scale.
+  def logit_step(solver_input):
+    sh = shuffle.KLShuffle(616, solver_input=solver_input)
+    u = jax.random.normal(jax.random.key(0), (4, 2, 2, 616))
+    v = sh.init(jax.random.key(1), u, method='forward')
+    g = jax.grad(lambda p: 1e-3 * sh.apply({'params': p}, u, method='forward_with_kl')[1])(
+        v['params'])
+    new = jax.tree.map(lambda p, d: p - 20.0 * d, v['params'], g)
+    return float(jnp.max(jnp.abs(sh.apply({'params': new}, method='scores'))))
+  small, raw = logit_step('normalized'), logit_step('count')
+  assert small < 0.05 and raw > 100 * small
+
+
+def test_kl_in_bits_per_dim_weighs_d_ln2_more():
+  lp, kls = jnp.array([-100.0, -120.0]), jnp.array([0.5])
+  nats, _ = objective(lp, kls, 64, 1e-3, 'nats')
+  bpd, m = objective(lp, kls, 64, 1e-3, 'bpd')
+  np.testing.assert_allclose(float(bpd), 110.0 + 1e-3 * 0.5 * 64 * LN2, rtol=1e-7)
+  np.testing.assert_allclose(float(nats), 110.0 + 1e-3 * 0.5, rtol=1e-7)
+  np.testing.assert_allclose(float(m['loss_bpd']), 110.0 / (64 * LN2) + 1e-3 * 0.5, rtol=1e-6)
+
+
+def test_overshooting_solver_rate_is_refused():
+  cfg = base_config(name='x', image_size=28, channels=1, batch_size=1, train_steps=1)
+  check_shuffle_rates(cfg)  # the defaults pass
+  cfg.model.kl_units = 'bpd'
+  with pytest.raises(UserError, match='shuffle_lr below'):
+    check_shuffle_rates(cfg)
+
+
+def test_configs_saved_before_the_modes_keep_their_meaning():
+  cfg = tiny_config('likelihood')
+  old = ml_collections.ConfigDict(cfg.to_dict())
+  del old.model['shuffle_mode'], old.model['solver_input']
+  flow = eiw_jax.build(old).flow
+  assert (flow.shuffle_mode, flow.solver_input) == ('kl', 'count')
+  saved = {'model': old.model.to_dict(), 'optim': {}}
+  diff = _structure_difference(saved, {'model': cfg.model.to_dict(), 'optim': {}})
+  assert diff[0] == 'model.shuffle_mode' and '"kl"' in diff[1]
+  new = {'model': {**cfg.model.to_dict(), 'shuffle_mode': 'kl', 'solver_input': 'count'},
+         'optim': {'shuffle_optimizer': LEGACY_VALUES['optim.shuffle_optimizer']}}
+  assert _structure_difference(saved, new) is None
