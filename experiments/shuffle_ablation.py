@@ -77,6 +77,8 @@ def evaluate(config, workdir: str) -> dict:
   import jax
   from eiw_jax import data, evaluation, train_lib
   model, variables, step = train_lib.load_for_eval(config, workdir)
+  if step != config.train.num_steps:  # training stopped early (SIGTERM saves and returns)
+    sys.exit(f'{workdir} stopped at step {step}; rerun to resume')
   splits = {}
   ctx = evaluation.EvalContext(
       model=model, variables=variables, config=config, out_dir=os.path.join(workdir, 'eval'),
