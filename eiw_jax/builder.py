@@ -5,6 +5,7 @@ the image shape and bit depth (see configs/). `build(config)` returns an EIWFlow
 """
 from __future__ import annotations
 
+import difflib
 import functools
 
 import jax.numpy as jnp
@@ -48,6 +49,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       compute_dtype='float32',  # conditioner nets: 'float32' or 'bfloat16' (logdets stay float32)
       denseflow=ml_collections.ConfigDict(),  # backbone='denseflow' settings
   ))
+  unknown = sorted(set(overrides) - set(cfg.keys()))
+  if unknown:
+    near = difflib.get_close_matches(unknown[0], sorted(cfg.keys()), n=1)
+    hint = f'did you mean {near[0]}?' if near else f'the keys are: {", ".join(sorted(cfg.keys()))}'
+    raise UserError(f'unknown model key {unknown[0]!r}; {hint}')
   cfg.update(overrides)
   return cfg
 

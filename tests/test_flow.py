@@ -129,10 +129,17 @@ def test_bits_per_dim_pure_functions():
       eiw_jax.losses.log_likelihood_bound(0.0, 0.0, 100, 5), 100)), 5.0, rtol=1e-6)
 
 
-def test_jit_and_eager_agree_and_vmap_works():
+@pytest.fixture(scope='module')
+def variational_case():
+  """One initialised model with a variational dequantizer, shared (one init compile)."""
   model = eiw_jax.build(make_config(dequantizer='variational', dequant_hidden=8, dequant_steps=2))
   x = jax.random.randint(jax.random.key(0), (2, 4, 4, 2), 0, 256)
   v = perturb(eiw_jax.init(model, jax.random.key(1), x), jax.random.key(2), 0.1)
+  return model, x, commit_orders(model, v)
+
+
+def test_jit_and_eager_agree_and_vmap_works(variational_case):
+  model, x, v = variational_case
   key = jax.random.key(3)
   eager = eiw_jax.loss(model, v, x, key)[1]
   jitted = jax.jit(lambda v, x, k: eiw_jax.loss(model, v, x, k))(v, x, key)[1]
@@ -143,10 +150,8 @@ def test_jit_and_eager_agree_and_vmap_works():
   assert batched.shape == (2, 2) and bool(jnp.all(jnp.isfinite(batched)))
 
 
-def test_gradients_reach_every_parameter():
-  model = eiw_jax.build(make_config(dequantizer='variational', dequant_hidden=8, dequant_steps=2))
-  x = jax.random.randint(jax.random.key(0), (2, 4, 4, 2), 0, 256)
-  v = perturb(eiw_jax.init(model, jax.random.key(1), x), jax.random.key(2), 0.1)
+def test_gradients_reach_every_parameter(variational_case):
+  model, x, v = variational_case
   grads = jax.grad(lambda p: eiw_jax.loss(model, {**v, 'params': p}, x, jax.random.key(3))[0])(
       v['params'])
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]

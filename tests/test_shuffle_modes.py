@@ -275,3 +275,10 @@ def test_configs_saved_before_the_modes_keep_their_meaning():
   new = {'model': {**cfg.model.to_dict(), 'shuffle_mode': 'kl', 'solver_input': 'count'},
          'optim': {'shuffle_optimizer': LEGACY_VALUES['optim.shuffle_optimizer']}}
   assert _structure_difference(saved, new) is None
+
+
+def test_model_config_refuses_unknown_keys():
+  with pytest.raises(UserError, match="unknown model key 'shuffle_mod'; did you mean shuffle_mode"):
+    eiw_jax.model_config(shuffle_mod='kl')
+  with pytest.raises(UserError, match='shuffle_mode must be one of'):
+    eiw_jax.build(tiny_config('entropy'))
