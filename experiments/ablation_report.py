@@ -112,7 +112,8 @@ def write(results: dict, docs: str, command: str) -> None:
       'Made by (resumable; rewrites this file after every run):', '', '```bash', command, '```', '',
       f'Each run: {any_run["steps"]} steps of batch 64 on Fashion-MNIST, the same small '
       'Glow-backbone model (K = 2 scales of 4 steps, width 64, the paper\'s fixed N(0, I) split '
-      'prior, uniform dequantisation, Adamax lr 5e-4): one transition with 4C = 16 channels, '
+      'prior, a learned per-channel base for the last latent, uniform dequantisation, Adamax '
+      'lr 5e-4 with 200 warm-up steps): one transition with 4C = 16 channels, '
       '8 of which are factored out. For a given seed every arm has the same data order, '
       'per-step noise and initial flow weights; only the Shuffle differs. '
       'Test bits/dim over all 10,000 test images (one dequantisation draw; IW: the '
@@ -148,11 +149,41 @@ def write(results: dict, docs: str, command: str) -> None:
   lines += ['', '## Verdict (computed from the table)', '',
             'A reading beats a reference when its mean test bits/dim is lower by more than the '
             'larger of the two arms\' seed standard deviations.', '', verdict(rows), '',
-            f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores. '
+            f'Machine: {_cpu_name()}, {os.cpu_count()} cores. '
             '![test bits/dim per arm](shuffle_ablation.png)', '']
-  with open(os.path.join(docs, 'RESULTS.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  _replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines[2:]), lines[0])
   plot(rows, os.path.join(docs, 'shuffle_ablation.png'))
+
+
+BEGIN, END = '<!-- ablation tables: begin (written by the script) -->', '<!-- ablation tables: end -->'
+
+
+def _replace_block(path: str, block: str, title: str) -> None:
+  """Writes `block` between the BEGIN/END markers of `path`, keeping the text around
+  them (the hand-written reading of the numbers); creates the file if needed."""
+  text = f'{title}\n\n{BEGIN}\n{END}\n'
+  if os.path.exists(path):
+    with open(path) as f:
+      text = f.read()
+    if BEGIN not in text or END not in text:
+      text = f'{title}\n\n{BEGIN}\n{END}\n'
+  head, rest = text.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(f'{head}{BEGIN}\n{block}\n{END}{tail}')
+  os.replace(tmp, path)
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.machine()
 
 
 def plot(rows: list, path: str) -> None:
