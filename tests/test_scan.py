@@ -60,35 +60,45 @@ def test_repeat_round_trip_and_jacobian(repeat_case):
   np.testing.assert_allclose(float(ld[0]), expected, rtol=1e-4, atol=1e-4)
 
 
-def _glow_model_grads(invertible):
-  model_cfg = eiw_jax.model_config(num_scales=2, num_steps=3, hidden=8, shuffle_reduction=4,
-                                   invertible_grad=invertible)
-  cfg = ml_collections.ConfigDict(dict(model=model_cfg,
-                                       data=dict(image_size=8, channels=1, num_bits=8)))
-  model = eiw_jax.build(cfg)
+def _glow_model_grads():
+  """Loss and gradients of a whole model, with and without invertible backprop, at
+  one set of variables (the two models have the same parameters)."""
+  def build(invertible):
+    model_cfg = eiw_jax.model_config(num_scales=2, num_steps=3, hidden=8, shuffle_reduction=4,
+                                     invertible_grad=invertible)
+    return eiw_jax.build(ml_collections.ConfigDict(dict(
+        model=model_cfg, data=dict(image_size=8, channels=1, num_bits=8))))
+
   x = jax.random.randint(jax.random.key(0), (4, 8, 8, 1), 0, 256)
-  v = perturb(eiw_jax.init(model, jax.random.key(1), x), jax.random.key(2), 0.05)
-  loss = lambda p: eiw_jax.loss(model, {**v, 'params': p}, x, jax.random.key(3))[0]
-  return jax.jit(jax.value_and_grad(loss))(v['params'])
+  v = perturb(eiw_jax.init(build(False), jax.random.key(1), x), jax.random.key(2), 0.05)
+
+  def grads(invertible):
+    model = build(invertible)
+    loss = lambda p: eiw_jax.loss(model, {**v, 'params': p}, x, jax.random.key(3))[0]
+    return jax.jit(jax.value_and_grad(loss))(v['params'])
+
+  return grads(False), grads(True)
 
 
-def _denseflow_unit_grads(invertible):
+def _denseflow_unit_grads():
   """One DenseFlow unit of 3 scanned modules (tiny widths)."""
-  unit = DenseFlowScale(num_units=1, num_modules=3, hidden=8, dense_growth=4, depth=1,
-                        embed=4, invertible_grad=invertible)
+  unit = functools.partial(DenseFlowScale, num_units=1, num_modules=3, hidden=8, dense_growth=4,
+                           depth=1, embed=4)
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
-  v = perturb(unit.init(jax.random.key(1), x, method='forward'), jax.random.key(2), 0.05)
+  v = perturb(unit().init(jax.random.key(1), x, method='forward'), jax.random.key(2), 0.05)
 
-  def loss(p):
-    y, logdet = unit.apply({**v, 'params': p}, x, method='forward')
-    return jnp.sum(jnp.square(y)) - jnp.sum(logdet)
+  def grads(invertible):
+    def loss(p):
+      y, logdet = unit(invertible_grad=invertible).apply({**v, 'params': p}, x, method='forward')
+      return jnp.sum(jnp.square(y)) - jnp.sum(logdet)
+    return jax.jit(jax.value_and_grad(loss))(v['params'])
 
-  return jax.jit(jax.value_and_grad(loss))(v['params'])
+  return grads(False), grads(True)
 
 
 @pytest.mark.parametrize('grads', [_glow_model_grads, _denseflow_unit_grads])
 def test_invertible_backprop_equals_autodiff(grads):
-  (loss_a, grads_a), (loss_b, grads_b) = grads(False), grads(True)
+  (loss_a, grads_a), (loss_b, grads_b) = grads()
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   flat_a, flat_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
   assert len(flat_a) == len(flat_b) > 10
