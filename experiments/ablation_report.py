@@ -10,7 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-ARM_ORDER = ('vanilla', 'random', 'kl', 'likelihood', 'oracle')
+ARM_ORDER = ('vanilla', 'random', 'kl', 'likelihood', 'oracle', 'oracle_frozen',
+             'likelihood_frozen', 'kl_frozen')
 
 
 def load_results(workdir: str) -> dict:
@@ -85,7 +86,7 @@ def verdict(rows: list) -> str:
   if 'vanilla' not in by or 'random' not in by:
     return 'Not yet: the vanilla and random arms are needed.'
   lines = []
-  for arm in ('kl', 'likelihood', 'oracle'):
+  for arm in ARM_ORDER[2:]:
     if arm not in by or len(by[arm]['bpd']) < 2:
       continue
     m, s = _stats(by[arm]['bpd'])
@@ -121,11 +122,14 @@ def write(results: dict, docs: str, command: str) -> None:
       'mean ± standard deviation over seeds. R2E2 of the halves after the Shuffle on 1000 test '
       'images (eval.py --mode=entropy; the vanilla model\'s halves are its only halves). '
       'Set changes: training steps whose update changed the factored-out channel set '
-      '(all steps / after the 200 warm-up steps).', '',
+      '(all steps / after the 200 warm-up steps). `oracle_frozen` is the oracle with '
+      '`optim.shuffle_freeze_after=200`: its order is refreshed at steps 100 and 200 and then '
+      'fixed.', '',
       '| arm | seeds | test bits/dim | IW bound | R2E2 after | set changes (all / after warm-up) |',
       '|---|---|---|---|---|---|']
   for r in rows:
-    ch = ', '.join(f'{a}/{b}' for a, b in r['changes']) if r['arm'] not in ('vanilla', 'random') else '0 (fixed)'
+    fixed = r['arm'] in ('vanilla', 'random')
+    ch = '0 (fixed)' if fixed else ', '.join(f'{a}/{b}' for a, b in r['changes'])
     lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(r["iw"])} | '
                  f'{_fmt(r["r2e2"], 3)} | {ch} |')
   lines += ['', 'Per run (test bits/dim):', '']

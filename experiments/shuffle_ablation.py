@@ -37,6 +37,9 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/ablation', 'One sub-directory pe
 _STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps per run.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every arm.')
 _ARMS = flags.DEFINE_list('arms', ['vanilla', 'random', 'kl', 'likelihood', 'oracle'], 'Arms.')
+_FROZEN = flags.DEFINE_list('frozen_arms', ['oracle'],
+                            'Readings also run with their order frozen after --freeze_after steps.')
+_FREEZE_AFTER = flags.DEFINE_integer('freeze_after', 200, 'optim.shuffle_freeze_after of those.')
 _LAMBDAS = flags.DEFINE_list('lambdas', ['1e-1', '1e-2', '1e-4'],
                              'Extra λ for the best reading (the arms use the default 1e-3).')
 _SWEEP_SEEDS = flags.DEFINE_list('sweep_seeds', ['0', '1', '2'], 'Seeds of the λ sweep.')
@@ -47,6 +50,7 @@ _REVERSE = flags.DEFINE_bool('reverse', False, 'Take the runs from the end of th
 
 BASE_LAMBDA = 1e-3
 SOLVER_ARMS = ('kl', 'likelihood')
+FROZEN = '_frozen'  # arm-name suffix: the reading with optim.shuffle_freeze_after set
 
 
 def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: float):
@@ -55,10 +59,11 @@ def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: fl
   cfg = importlib.import_module(f'configs.{dataset}').get_config()
   cfg.model.update(num_scales=2, num_steps=4, hidden=64, split_prior='standard',
                    learned_base=True, dequantizer='uniform', shuffle=arm != 'vanilla',
-                   shuffle_mode='likelihood' if arm == 'vanilla' else arm,
+                   shuffle_mode='likelihood' if arm == 'vanilla' else arm.replace(FROZEN, ''),
                    shuffle_seed=seed, kl_weight=kl_weight)
   cfg.data.batch_size = 64
-  cfg.optim.update(lr=5e-4, warmup_steps=200)
+  cfg.optim.update(lr=5e-4, warmup_steps=200,
+                   shuffle_freeze_after=_FREEZE_AFTER.value if arm.endswith(FROZEN) else 0)
   cfg.train.update(num_steps=steps, seed=seed, log_every=50, eval_every=steps,
                    checkpoint_every=250, keep_checkpoints=2, eval_examples=1000,
                    num_samples=16)
@@ -146,6 +151,7 @@ def plan(results) -> list:
   the reading with the lowest mean test bits/dim once all of its arm runs are in."""
   seeds = [int(s) for s in _SEEDS.value]
   runs = [(arm, s, BASE_LAMBDA) for s in seeds for arm in _ARMS.value]
+  runs += [(arm + FROZEN, s, BASE_LAMBDA) for s in seeds for arm in _FROZEN.value]
   best = ablation_report.best_reading(results, SOLVER_ARMS, len(seeds))
   if best is not None:
     runs += [(best, int(s), float(lam)) for s in _SWEEP_SEEDS.value for lam in _LAMBDAS.value]
