@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax.bijectors.base import Bijector, zero_logdet
+from eiw_jax.shuffle.nets import Guider, Solver
 from eiw_jax.shuffle.ops import channel_order
 
 # The flax collection that the readings' own fitting losses are sown into
@@ -80,3 +81,23 @@ class ShuffleBase(Bijector):
   def _check(self, u):
     if u.shape[-1] != self.num_channels:
       raise ValueError(f'Shuffle built for {self.num_channels} channels got {u.shape[-1]}')
+
+
+class SolverGuiderShuffle(ShuffleBase):
+  """The paper's Shuffle: the solver S gives Q (the scores are Q's logits), the
+  guider G gives P. The readings differ in what trains each (`penalties`)."""
+  reduction: int = 16
+  solver_layers: int = 2
+  solver_input: str = 'normalized'
+
+  def setup(self):
+    super().setup()
+    self.solver = Solver(self.num_channels, self.solver_layers, self.solver_input)
+    self.guider = Guider(self.num_channels, self.reduction)
+
+  def live_scores(self):
+    return self.solver()
+
+  def guide(self, u):
+    """P, the guider's per-example channel weights [B, 4C] (each row sums to 1)."""
+    return jax.nn.softmax(self.guider(u), axis=-1)

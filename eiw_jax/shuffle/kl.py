@@ -14,32 +14,16 @@ from __future__ import annotations
 
 import jax
 
-from eiw_jax.shuffle.base import ShuffleBase
-from eiw_jax.shuffle.nets import Guider, Solver
+from eiw_jax.shuffle.base import SolverGuiderShuffle
 from eiw_jax.shuffle.ops import kl_divergence
 
 
-class KLShuffle(ShuffleBase):
+class KLShuffle(SolverGuiderShuffle):
   """Solver + shuffler + guider; the KL is the only signal either network gets."""
-  reduction: int = 16
-  solver_layers: int = 2
-  solver_input: str = 'normalized'
   kl_grad_to_guider: bool = True
-
-  def setup(self):
-    super().setup()
-    self.solver = Solver(self.num_channels, self.solver_layers, self.solver_input)
-    self.guider = Guider(self.num_channels, self.reduction)
-
-  def live_scores(self):
-    return self.solver()
 
   def penalties(self, u, scores):
     p_logits = self.guider(u)
     if not self.kl_grad_to_guider:
       p_logits = jax.lax.stop_gradient(p_logits)
     return kl_divergence(p_logits, scores), None
-
-  def guide(self, u):
-    """P, the guider's per-example channel weights [B, 4C] (each row sums to 1)."""
-    return jax.nn.softmax(self.guider(u), axis=-1)

@@ -29,8 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from eiw_jax.shuffle.base import ShuffleBase
-from eiw_jax.shuffle.nets import Guider, Solver
+from eiw_jax.shuffle.base import SolverGuiderShuffle
 from eiw_jax.shuffle.ops import channel_nll, kl_divergence, soft_cross_entropy
 
 
@@ -42,20 +41,9 @@ def channel_target(u: jnp.ndarray) -> jnp.ndarray:
   return jax.nn.softmax((nll - mean) / (std + 1e-6), axis=-1)
 
 
-class LikelihoodShuffle(ShuffleBase):
+class LikelihoodShuffle(SolverGuiderShuffle):
   """Solver + shuffler + guider; the guider fits the likelihood target T, the
   solver fits the guider through the KL."""
-  reduction: int = 16
-  solver_layers: int = 2
-  solver_input: str = 'normalized'
-
-  def setup(self):
-    super().setup()
-    self.solver = Solver(self.num_channels, self.solver_layers, self.solver_input)
-    self.guider = Guider(self.num_channels, self.reduction)
-
-  def live_scores(self):
-    return self.solver()
 
   def penalties(self, u, scores):
     u = jax.lax.stop_gradient(u)
@@ -63,7 +51,3 @@ class LikelihoodShuffle(ShuffleBase):
     fit = soft_cross_entropy(channel_target(u), p_logits)
     kl = kl_divergence(jax.lax.stop_gradient(p_logits), scores)
     return kl, fit
-
-  def guide(self, u):
-    """P, the guider's per-example channel weights [B, 4C] (each row sums to 1)."""
-    return jax.nn.softmax(self.guider(u), axis=-1)
