@@ -3,7 +3,7 @@
 The functional API (see api.py) is re-exported here.
 """
 from eiw_jax.api import (decode, encode, forward, init, inverse, latent_shapes, log_prob, loss,
-                         sample, sample_latents)
+                         sample, sample_latents, shuffle_state)
 from eiw_jax.builder import build, model_config, validate
 from eiw_jax.errors import UserError
 from eiw_jax.flow import MultiScaleFlow, flatten_latents, unflatten_latents
@@ -14,6 +14,7 @@ from eiw_jax.shuffle import Shuffle
 __all__ = [
     'EIWFlow', 'MultiScaleFlow', 'Shuffle', 'UserError', 'bits_per_dim', 'build', 'decode',
     'encode', 'flatten_latents', 'forward', 'init', 'inverse', 'latent_shapes', 'log_prob',
-    'loss', 'model_config', 'objective', 'sample', 'sample_latents', 'to_continuous',
+    'loss', 'model_config', 'objective', 'sample', 'sample_latents', 'shuffle_state',
+    'to_continuous',
     'to_discrete', 'unflatten_latents', 'validate',
 ]

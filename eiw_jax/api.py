@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
+from eiw_jax.shuffle import channel_order, factored_mask, transition_scores
 from eiw_jax.shuffle.base import FIT_COLLECTION
 
 
@@ -41,6 +42,29 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
   return objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+
+
+def shuffle_state(model: EIWFlow, variables) -> list:
+  """What each transition's Shuffle does now, from the variables alone.
+
+  Returns one dict per transition k = 1..K-1 ([] for the vanilla flow):
+    perm: [4C] int32, the permutation the shuffler applies (û = u[..., perm]; the
+      first 2C go on, the last 2C are factored out);
+    factored: [4C] bool, True for the channels of u_k that are factored out;
+    q: [4C] the solver's live Q (sums to 1), for the readings with a solver, else None.
+  """
+  flow = model.flow
+  params = variables['params'].get('flow', {})
+  consts = variables.get('consts', {}).get('flow', {})
+  channels = [2 * shape[-1] for shape in latent_shapes(model, variables)[:-1]]  # 4C = 2 |z_k|
+  used = transition_scores(flow, params, channels, consts)
+  live = transition_scores(flow, params, channels)
+  out = []
+  for k, scores in enumerate(used):
+    perm = channel_order(scores)
+    q = jax.nn.softmax(live[k]) if flow.shuffle_mode in ('kl', 'likelihood') else None
+    out.append(dict(perm=perm, factored=factored_mask(perm), q=q))
+  return out
 
 
 def forward(model: EIWFlow, variables, y, rng=None):
