@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # Debian's Fashion-MNIST is the offline dataset; install it when it is missing.
 /usr/share/datasets/fashion-mnist:
