@@ -39,6 +39,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       kl_grad_to_guider=True,   # reading 'kl': False holds P constant in the KL
       shuffle_seed=0,           # reading 'random': the permutations' seed
       shuffle_refresh_every=100,  # the shuffler's order is refreshed from Q every N steps
+      shuffle_statistic='nll',  # likelihood/oracle: per-channel prior 'nll' or 'divergence'
       kl_weight=1e-3,           # lambda of Eq. 12
       kl_units='nats',          # lambda*KL added to the NLL in 'nats' or to bits/dim ('bpd')
       split_prior='standard',   # 'standard' (paper) or 'conditional' (Glow)
@@ -109,6 +110,9 @@ def validate(config) -> None:
   if not isinstance(refresh, int) or refresh < 1:
     raise UserError(f'model.shuffle_refresh_every must be an integer >= 1, got {refresh!r}; '
                     'set --config.model.shuffle_refresh_every=100')
+  if m.get('shuffle_statistic', 'nll') not in ('nll', 'divergence'):
+    raise UserError(f"model.shuffle_statistic must be 'nll' or 'divergence', got "
+                    f"{m.shuffle_statistic!r}; set --config.model.shuffle_statistic=nll")
   if m.get('kl_units', 'nats') not in ('nats', 'bpd'):
     raise UserError(f"model.kl_units must be 'nats' or 'bpd', got {m.kl_units!r}; "
                     "set --config.model.kl_units=nats")
@@ -170,6 +174,7 @@ def build(config) -> EIWFlow:
       shuffle_mode=legacy_get(config, 'model.shuffle_mode'),
       solver_input=legacy_get(config, 'model.solver_input'),
       shuffle_refresh_every=legacy_get(config, 'model.shuffle_refresh_every'),
+      shuffle_statistic=m.get('shuffle_statistic', 'nll'),
       shuffle_seed=m.get('shuffle_seed', 0))
   if m.dequantizer == 'uniform':
     dequantizer = UniformDequantizer()

@@ -129,6 +129,7 @@ class MultiScaleFlow(nn.Module):
   solver_input: str = 'normalized'
   shuffle_seed: int = 0  # reading 'random' only
   shuffle_refresh_every: int = 1  # refresh the shuffler's order every this many steps
+  shuffle_statistic: str = 'nll'  # readings 'likelihood' and 'oracle': 'nll' or 'divergence'
 
   def forward(self, x, **kwargs):
     """Image-shaped x -> (latents [z_1..z_K], logdet [B], KL per transition [K-1]).
@@ -158,7 +159,8 @@ class MultiScaleFlow(nn.Module):
             self.shuffle_mode, channels, transition=k, reduction=self.shuffle_reduction,
             solver_layers=self.solver_layers, solver_input=self.solver_input,
             kl_grad_to_guider=self.kl_grad_to_guider, seed=self.shuffle_seed,
-            refresh_every=self.shuffle_refresh_every, name=f'shuffle_{k}')
+            refresh_every=self.shuffle_refresh_every, statistic=self.shuffle_statistic,
+            name=f'shuffle_{k}')
       return shuffles[k]
 
     if inverse:

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 ARM_ORDER = ('vanilla', 'random', 'kl', 'likelihood', 'oracle', 'oracle_frozen',
-             'likelihood_frozen', 'kl_frozen')
+             'likelihood_divergence', 'oracle_divergence')
 
 
 def load_results(workdir: str) -> dict:
@@ -124,7 +124,8 @@ def write(results: dict, docs: str, command: str) -> None:
       'Set changes: training steps whose update changed the factored-out channel set '
       '(all steps / after the 200 warm-up steps). `oracle_frozen` is the oracle with '
       '`optim.shuffle_freeze_after=200`: its order is refreshed at steps 100 and 200 and then '
-      'fixed.', '',
+      'fixed. Arms ending in `_divergence` (if present) use `model.shuffle_statistic='
+      '\'divergence\'` and were added after the first results, as an exploration.', '',
       '| arm | seeds | test bits/dim | IW bound | R2E2 after | set changes (all / after warm-up) |',
       '|---|---|---|---|---|---|']
   for r in rows:

@@ -51,6 +51,7 @@ _REVERSE = flags.DEFINE_bool('reverse', False, 'Take the runs from the end of th
 BASE_LAMBDA = 1e-3
 SOLVER_ARMS = ('kl', 'likelihood')
 FROZEN = '_frozen'  # arm-name suffix: the reading with optim.shuffle_freeze_after set
+DIVERGENCE = '_divergence'  # arm-name suffix: model.shuffle_statistic='divergence'
 
 
 def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: float):
@@ -59,11 +60,12 @@ def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: fl
   cfg = importlib.import_module(f'configs.{dataset}').get_config()
   cfg.model.update(num_scales=2, num_steps=4, hidden=64, split_prior='standard',
                    learned_base=True, dequantizer='uniform', shuffle=arm != 'vanilla',
-                   shuffle_mode='likelihood' if arm == 'vanilla' else arm.replace(FROZEN, ''),
+                   shuffle_mode='likelihood' if arm == 'vanilla' else arm.split('_')[0],
+                   shuffle_statistic='divergence' if DIVERGENCE in arm else 'nll',
                    shuffle_seed=seed, kl_weight=kl_weight)
   cfg.data.batch_size = 64
   cfg.optim.update(lr=5e-4, warmup_steps=200,
-                   shuffle_freeze_after=_FREEZE_AFTER.value if arm.endswith(FROZEN) else 0)
+                   shuffle_freeze_after=_FREEZE_AFTER.value if FROZEN in arm else 0)
   cfg.train.update(num_steps=steps, seed=seed, log_every=50, eval_every=steps,
                    checkpoint_every=250, keep_checkpoints=2, eval_examples=1000,
                    num_samples=16)

@@ -94,6 +94,21 @@ def test_guider_fit_by_hand():
   np.testing.assert_allclose(float(kl), np.mean(np.sum(p * np.log(p / q), -1)), rtol=1e-4)
 
 
+def test_divergence_statistic_by_hand_and_its_oracle_order():
+  scales = jnp.array([0.1, 1.0, 3.0, 1.1])
+  u = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)) * scales + jnp.array([0, 0, 0, 0.5])
+  d = np.asarray(shuffle.channel_divergence(u))
+  u64 = np.asarray(u, np.float64)
+  m, v = u64.mean(axis=(1, 2)), u64.var(axis=(1, 2))
+  np.testing.assert_allclose(d, 0.5 * (v + m**2 - 1 - np.log(v)), rtol=1e-4, atol=1e-6)
+  # The oracle fitted to it factors out the channels nearest N(0, 1): 1 and 3.
+  sh = shuffle.make_shuffle('oracle', 4, statistic='divergence')
+  target = d.mean(0)
+  order = shuffle.channel_order(sh.apply({'params': {'stats': jnp.asarray(target)}},
+                                         method='scores'))
+  assert sorted(np.asarray(order)[2:].tolist()) == [1, 3]
+
+
 @pytest.mark.parametrize('mode', ['random', 'oracle'])
 def test_parameter_free_readings_are_exact_bijections(mode):
   n = 12

@@ -41,8 +41,8 @@ from eiw_jax.shuffle.inspect import refresh_orders, split_changes, transition_sc
 from eiw_jax.shuffle.kl import KLShuffle
 from eiw_jax.shuffle.likelihood import LikelihoodShuffle
 from eiw_jax.shuffle.nets import Guider, Solver
-from eiw_jax.shuffle.ops import (channel_nll, channel_order, factored_mask, kl_divergence,
-                                 soft_cross_entropy)
+from eiw_jax.shuffle.ops import (STATISTICS, channel_divergence, channel_nll, channel_order,
+                                 factored_mask, kl_divergence, soft_cross_entropy)
 from eiw_jax.shuffle.oracle import OracleShuffle
 from eiw_jax.shuffle.random import RandomShuffle
 
@@ -56,22 +56,26 @@ Shuffle = KLShuffle
 def make_shuffle(mode: str, num_channels: int, *, transition: int = 0, reduction: int = 16,
                  solver_layers: int = 2, solver_input: str = 'normalized',
                  kl_grad_to_guider: bool = True, seed: int = 0, refresh_every: int = 1,
-                 name=None) -> ShuffleBase:
+                 statistic: str = 'nll', name=None) -> ShuffleBase:
   """The Shuffle of reading `mode` at transition `transition` (0-based)."""
   if mode not in MODES:
     raise ValueError(f"shuffle mode must be one of {', '.join(MODES)}, got {mode!r}")
   if mode == 'random':
     return RandomShuffle(num_channels, seed=seed, transition=transition, name=name)
   if mode == 'oracle':
-    return OracleShuffle(num_channels, refresh_every=refresh_every, name=name)
+    return OracleShuffle(num_channels, refresh_every=refresh_every, statistic=statistic,
+                         name=name)
   kwargs = dict(reduction=reduction, solver_layers=solver_layers, solver_input=solver_input,
                 refresh_every=refresh_every)
   if mode == 'kl':
     kwargs['kl_grad_to_guider'] = kl_grad_to_guider
+  else:
+    kwargs['statistic'] = statistic
   return MODES[mode](num_channels, name=name, **kwargs)
 
 
 __all__ = ['Guider', 'KLShuffle', 'LikelihoodShuffle', 'MODES', 'OracleShuffle', 'RandomShuffle',
-           'Shuffle', 'ShuffleBase', 'Solver', 'channel_nll', 'channel_order', 'factored_mask',
+           'STATISTICS', 'Shuffle', 'ShuffleBase', 'Solver', 'channel_divergence', 'channel_nll',
+           'channel_order', 'factored_mask',
            'kl_divergence', 'make_shuffle', 'refresh_orders', 'soft_cross_entropy', 'split_changes',
            'transition_scores']

@@ -28,7 +28,8 @@ def _shuffles(flow, flow_params: dict, num_channels=None, refresh_every=None):
     module = None if n is None else make_shuffle(
         flow.shuffle_mode, n, transition=k, reduction=flow.shuffle_reduction,
         solver_layers=flow.solver_layers, solver_input=flow.solver_input, seed=flow.shuffle_seed,
-        refresh_every=flow.shuffle_refresh_every if refresh_every is None else refresh_every)
+        refresh_every=flow.shuffle_refresh_every if refresh_every is None else refresh_every,
+        statistic=flow.shuffle_statistic)
     yield k, module, params
 
 

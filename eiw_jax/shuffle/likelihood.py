@@ -21,6 +21,11 @@ P held constant, so it trains only the solver: Q follows the mean of P, and the
 argsort sends the channels the prior explains worst (the information-rich ones)
 to the next scale and factors out the ones it already explains.
 
+`model.shuffle_statistic='divergence'` uses, instead of n_bc, the part of it the
+channel's own Gaussian entropy does not explain, KL(N(m, v) || N(0, 1)) per
+dimension (ops.channel_divergence): channels already close to the prior are
+factored out, and narrow (low-entropy) ones go on as well as wide ones.
+
 The target assumes the paper's fixed N(0, I) split prior (model.split_prior =
 'standard'); with Glow's conditional prior it is the cost before that prior.
 """
@@ -30,12 +35,13 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax.shuffle.base import SolverGuiderShuffle
-from eiw_jax.shuffle.ops import channel_nll, kl_divergence, soft_cross_entropy
+from eiw_jax.shuffle.ops import STATISTICS, kl_divergence, soft_cross_entropy
 
 
-def channel_target(u: jnp.ndarray) -> jnp.ndarray:
-  """[B, H, W, 4C] -> T [B, 4C]: softmax over channels of the standardised NLL n_bc."""
-  nll = channel_nll(u)
+def channel_target(u: jnp.ndarray, statistic: str = 'nll') -> jnp.ndarray:
+  """[B, H, W, 4C] -> T [B, 4C]: softmax over channels of the standardised statistic
+  (the NLL n_bc by default)."""
+  nll = STATISTICS[statistic](u)
   mean = jnp.mean(nll, axis=-1, keepdims=True)
   std = jnp.std(nll, axis=-1, keepdims=True)
   return jax.nn.softmax((nll - mean) / (std + 1e-6), axis=-1)
@@ -44,10 +50,11 @@ def channel_target(u: jnp.ndarray) -> jnp.ndarray:
 class LikelihoodShuffle(SolverGuiderShuffle):
   """Solver + shuffler + guider; the guider fits the likelihood target T, the
   solver fits the guider through the KL."""
+  statistic: str = 'nll'
 
   def penalties(self, u, scores):
     u = jax.lax.stop_gradient(u)
     p_logits = self.guider(u)
-    fit = soft_cross_entropy(channel_target(u), p_logits)
+    fit = soft_cross_entropy(channel_target(u, self.statistic), p_logits)
     kl = kl_divergence(jax.lax.stop_gradient(p_logits), scores)
     return kl, fit

@@ -47,3 +47,21 @@ def channel_nll(u: jnp.ndarray) -> jnp.ndarray:
   """
   u = u.astype(jnp.float32)
   return 0.5 * jnp.mean(jnp.square(u), axis=(1, 2)) + _HALF_LOG_2PI
+
+
+def channel_divergence(u: jnp.ndarray) -> jnp.ndarray:
+  """[B, H, W, 4C] -> [B, 4C]: how far each channel of u is from the N(0, 1) prior,
+  as KL(N(m, v) || N(0, 1)) = (v + m^2 - 1 - log v) / 2 per dimension, with m and v
+  the channel's mean and variance over the image's positions (nats).
+
+  The part of channel_nll that the channel's own Gaussian entropy does not account
+  for: 0 for a channel the prior already explains, large for one far from it (either
+  much narrower, i.e. low entropy, or much wider).
+  """
+  u = u.astype(jnp.float32)
+  mean = jnp.mean(u, axis=(1, 2))
+  var = jnp.maximum(jnp.var(u, axis=(1, 2)), 1e-12)
+  return 0.5 * (var + jnp.square(mean) - 1.0 - jnp.log(var))
+
+
+STATISTICS = {'nll': channel_nll, 'divergence': channel_divergence}

@@ -8,7 +8,8 @@ fitted by the loss 0.5 * sum_c (s_c - n_c)^2 under plain SGD at rate
 exponential moving average over about 1 / rate steps. `optim.shuffle_freeze_after`
 stops the updates (and so fixes the permutation) after that many steps.
 Channels with the highest cost go on; the ones the prior explains are factored
-out. It starts at s = 0: the identity.
+out. It starts at s = 0: the identity. `statistic='divergence'` follows
+ops.channel_divergence instead (see likelihood.py).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax.shuffle.base import ShuffleBase
-from eiw_jax.shuffle.ops import channel_nll
+from eiw_jax.shuffle.ops import STATISTICS
 
 
 class OracleShuffle(ShuffleBase):
+  statistic: str = 'nll'  # or 'divergence' (ops.STATISTICS)
 
   def setup(self):
     super().setup()
@@ -30,5 +32,5 @@ class OracleShuffle(ShuffleBase):
     return self.stats
 
   def penalties(self, u, scores):
-    target = jnp.mean(channel_nll(jax.lax.stop_gradient(u)), axis=0)  # [4C]
+    target = jnp.mean(STATISTICS[self.statistic](jax.lax.stop_gradient(u)), axis=0)  # [4C]
     return jnp.zeros((), jnp.float32), 0.5 * jnp.sum(jnp.square(scores - target))
