@@ -27,7 +27,7 @@ import tqdm
 
 from eiw_jax import api, checkpoint, config_lib, data, sharding
 from eiw_jax import shuffle
-from eiw_jax.builder import build, legacy_get, validate
+from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 from eiw_jax.model import EIWFlow
@@ -213,7 +213,16 @@ def saved_config(workdir: Optional[str]):
   if not workdir or not os.path.exists(path):
     raise UserError(f'no config given and none saved in {workdir!r}; pass --config=configs/<dataset>.py')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  # Optimiser keys added since the run was saved take today's defaults (they do not
+  # change the state's structure); those whose absence means old behaviour stay absent.
+  defaults = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
+                                    train_steps=1).optim
+  if 'optim' in config:
+    for key, value in defaults.items():
+      if key not in config.optim and f'optim.{key}' not in LEGACY_VALUES:
+        config.optim[key] = value
+  return config
 
 
 def load_for_eval(config, workdir: str):

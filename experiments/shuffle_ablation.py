@@ -47,6 +47,8 @@ _IW = flags.DEFINE_integer('iw_samples', 4, 'k of the importance-weighted test b
 _DOCS = flags.DEFINE_string('docs', 'docs', 'Where RESULTS.md and the plot go.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
 _REVERSE = flags.DEFINE_bool('reverse', False, 'Take the runs from the end of the plan.')
+_ADD_HALVES = flags.DEFINE_bool('add_halves', False,
+                                'Add the halves\' statistics to finished runs that lack them.')
 
 BASE_LAMBDA = 1e-3
 SOLVER_ARMS = ('kl', 'likelihood')
@@ -92,7 +94,7 @@ def evaluate(config, workdir: str) -> dict:
       rng=jax.random.key(0),
       load_split=lambda s: splits.setdefault(s, data.load_split(config.data, s)))
   os.makedirs(ctx.out_dir, exist_ok=True)
-  out = dict(step=step, bpd=evaluation.get_mode('bpd')(ctx))
+  out = dict(step=step, bpd=evaluation.get_mode('bpd')(ctx), halves=halves(workdir))
   out['entropy'] = evaluation.get_mode('entropy')(ctx)
   records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   warm = config.optim.warmup_steps
@@ -101,6 +103,30 @@ def evaluate(config, workdir: str) -> dict:
     out[f'{key}_after_warmup'] = sum(int(r.get(key, 0)) for r in records if r['step'] > warm + 50)
   out['train_bpd_last'] = records[-1].get('bpd')
   out['images_per_s'] = sum(r.get('images_per_s', 0) for r in records) / max(len(records), 1)
+  return out
+
+
+def halves(workdir: str, num: int = 1000) -> dict:
+  """Mean per-channel statistics (ops.channel_nll / channel_divergence, nats per
+  dimension) of the half of u_k that goes on (x) and the half factored out (z),
+  after the Shuffle, on the first `num` test images."""
+  import jax
+  import numpy as np
+  from eiw_jax import data, shuffle, train_lib
+  from eiw_jax.evaluation.transitions import channel_orders, transition_tensors
+  config = train_lib.saved_config(workdir)
+  model, variables, _ = train_lib.load_for_eval(config, workdir)
+  images = data.load_split(config.data, 'test').images[:num]
+  us = transition_tensors(model, variables, images, jax.random.key(0))
+  orders = channel_orders(model, variables, [u.shape[-1] for u in us])
+  out = {}
+  for k, u in enumerate(us):
+    perm = orders[k][1] if orders else np.arange(u.shape[-1])
+    half = u.shape[-1] // 2
+    for name, fn in shuffle.STATISTICS.items():
+      per_channel = np.asarray(fn(u)).mean(0)[perm]
+      out[f'{name}_x_{k + 1}'] = float(per_channel[:half].mean())
+      out[f'{name}_z_{k + 1}'] = float(per_channel[half:].mean())
   return out
 
 
@@ -162,6 +188,8 @@ def plan(results) -> list:
 
 def main(argv):
   del argv
+  if _ADD_HALVES.value:
+    add_halves()
   while not _REPORT_ONLY.value:
     results = ablation_report.load_results(_WORKDIR.value)
     todo = [r for r in plan(results) if run_name(*r) not in results]
@@ -174,6 +202,19 @@ def main(argv):
     else:
       time.sleep(30)  # everything left is being trained by other processes
   ablation_report.write(ablation_report.load_results(_WORKDIR.value), _DOCS.value, _command())
+
+
+def add_halves() -> None:
+  """Adds `halves` to every finished run's result.json that was written without it."""
+  for name, result in ablation_report.load_results(_WORKDIR.value).items():
+    if 'halves' in result:
+      continue
+    workdir = os.path.abspath(os.path.join(_WORKDIR.value, name))
+    result['halves'] = halves(workdir)
+    path = os.path.join(workdir, 'result.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)
 
 
 def _command() -> str:
