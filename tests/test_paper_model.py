@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import perturb
+from helpers import commit_orders, perturb
 
 import eiw_jax
 from eiw_jax import config_lib, train_lib
 from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.evaluation.summary import param_counts
-from eiw_jax.shuffle import channel_order
+from eiw_jax.shuffle import channel_order, transition_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,8 @@ def tiny():
   cfg.model.update(num_scales=2, shuffle_reduction=4, dequantizer='uniform')
   model = eiw_jax.build(cfg)
   x = jax.random.randint(jax.random.key(0), (2, 8, 8, 3), 0, 256)
-  v = perturb(eiw_jax.init(model, jax.random.key(1), x), jax.random.key(2), 0.05)
+  v = commit_orders(model, perturb(eiw_jax.init(model, jax.random.key(1), x),
+                                   jax.random.key(2), 0.05))
   y = eiw_jax.to_continuous(x, 8)
   return cfg, model, v, y
 
@@ -60,9 +61,9 @@ def _encode(model, v, y, noise):
 
 
 def test_tiny_denseflow_shuffle_really_permutes(tiny):
-  _, _, v, _ = tiny
-  out = v['params']['flow']['shuffle_0']['solver']['out']
-  perm = np.asarray(channel_order(out['bias']))
+  _, model, v, _ = tiny
+  (scores,) = transition_scores(model.flow, v['params']['flow'], flow_consts=v['consts']['flow'])
+  perm = np.asarray(channel_order(scores))
   assert perm.size == 56 and not np.array_equal(perm, np.arange(56))
 
 
