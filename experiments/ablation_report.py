@@ -110,7 +110,9 @@ def write(results: dict, docs: str, command: str) -> None:
   any_run = next(iter(results.values()))
   lines = [
       '# The Shuffle ablation (issue 9)', '',
-      'Made by (resumable; rewrites this file after every run):', '', '```bash', command, '```', '',
+      'Made by (resumable; rewrites this file after every run; the `_divergence` arms by the '
+      'same command with `--arms=oracle_divergence,likelihood_divergence --frozen_arms= '
+      '--lambdas=`):', '', '```bash', command, '```', '',
       f'Each run: {any_run["steps"]} steps of batch 64 on Fashion-MNIST, the same small '
       'Glow-backbone model (K = 2 scales of 4 steps, width 64, the paper\'s fixed N(0, I) split '
       'prior, a learned per-channel base for the last latent, uniform dequantisation, Adamax '

@@ -219,7 +219,8 @@ def add_halves() -> None:
 
 def _command() -> str:
   return ('python experiments/shuffle_ablation.py '
-          f'--dataset={_DATASET.value} --workdir={_WORKDIR.value} --steps={_STEPS.value}')
+          f'--dataset={_DATASET.value} --workdir={_WORKDIR.value} --steps={_STEPS.value} '
+          f'--seeds={",".join(_SEEDS.value)} --sweep_seeds={",".join(_SWEEP_SEEDS.value)}')
 
 
 if __name__ == '__main__':
