@@ -36,6 +36,9 @@ def test_training_writes_metrics_checkpoints_and_samples(trained):
   assert [l['step'] for l in lines] == [2, 4]
   assert all(np.isfinite(l['bpd']) and l['bpd'] > 0 for l in lines)
   assert 'test_bpd' in lines[-1] and result['test_bpd'] == lines[-1]['test_bpd']
+  # The Shuffle's state per transition: set changes since the last log, Q's entropy.
+  assert all(l['split_changes_1'] in (0, 1, 2) and 0 < l['q_entropy_1'] <= np.log(16) + 1e-5
+             for l in lines)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_00000004.png'))
   assert os.path.exists(os.path.join(workdir, 'config.json'))
