@@ -133,12 +133,13 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
       nonfinite_total=state.nonfinite_total + bad)
   flow_consts = state.consts.get('flow', {})
   if model.flow.shuffle:
+    live = shuffle.transition_scores(model.flow, new_state.params['flow'])  # once, for both
     new_consts = shuffle.refresh_orders(model.flow, new_state.params['flow'], flow_consts,
-                                        new_state.step)
+                                        new_state.step, live)
     new_state = new_state.replace(consts={**new_state.consts, 'flow': new_consts})
     metrics.update(shuffle.split_changes(
         model.flow, {'params': state.params['flow'], 'consts': flow_consts},
-        {'params': new_state.params['flow'], 'consts': new_consts}))
+        {'params': new_state.params['flow'], 'consts': new_consts}, live))
   metrics = dict(metrics, grad_norm=grad_norm, nonfinite=bad,
                  nonfinite_total=new_state.nonfinite_total,
                  nonfinite_streak=new_state.nonfinite_streak)

@@ -55,12 +55,13 @@ def transition_scores(flow, flow_params: dict, num_channels: Optional[Sequence[i
   return out
 
 
-def refresh_orders(flow, flow_params: dict, flow_consts: dict, step) -> dict:
+def refresh_orders(flow, flow_params: dict, flow_consts: dict, step, live=None) -> dict:
   """The flow's consts with each committed order replaced by the live scores when
-  `step` (the number of updates done) is a multiple of flow.shuffle_refresh_every."""
+  `step` (the number of updates done) is a multiple of flow.shuffle_refresh_every.
+  `live`: transition_scores(flow, flow_params), if the caller has them already."""
   if not flow.shuffle or flow.shuffle_refresh_every <= 1:
     return flow_consts
-  live = transition_scores(flow, flow_params)
+  live = transition_scores(flow, flow_params) if live is None else live
   new = dict(flow_consts)
   due = step % flow.shuffle_refresh_every == 0
   for k, scores in enumerate(live):
@@ -72,14 +73,15 @@ def refresh_orders(flow, flow_params: dict, flow_consts: dict, step) -> dict:
   return new
 
 
-def split_changes(flow, old: dict, new: dict) -> dict:
+def split_changes(flow, old: dict, new: dict, live=None) -> dict:
   """{'split_changed_k': 1 if the factored-out set of transition k in use differs
   between two variable versions ({'params', 'consts'} of the flow), else 0} and
-  {'q_entropy_k': entropy of the live Q} (readings with a solver), k = 1..K-1."""
+  {'q_entropy_k': entropy of the live Q} (readings with a solver), k = 1..K-1.
+  `live`: transition_scores(flow, new['params']), if the caller has them already."""
   out = {}
   before = transition_scores(flow, old['params'], flow_consts=old.get('consts', {}))
   after = transition_scores(flow, new['params'], flow_consts=new.get('consts', {}))
-  live = transition_scores(flow, new['params'])
+  live = transition_scores(flow, new['params']) if live is None else live
   for k, (a, b) in enumerate(zip(before, after)):
     if a is None:
       continue
