@@ -18,14 +18,15 @@ def perturb(variables, key, scale=0.2):
 def brute_force_logdet(fn, x):
   """log|det J| of fn at a single example x (batch axis 1), by autodiff on the flat input.
 
-  Reverse mode (jax.jacrev): some convolutions define only a custom VJP.
+  Forward mode (jax.jacfwd), as distrax tests its bijectors: every layer must
+  support it (reverse mode is what training exercises).
   """
   shape = x.shape
 
   def flat_fn(v):
     return fn(v.reshape(shape)).reshape(-1)
 
-  jac = jax.jacrev(flat_fn)(x.reshape(-1))
+  jac = jax.jacfwd(flat_fn)(x.reshape(-1))
   assert jac.shape[0] == jac.shape[1], f'non-square Jacobian {jac.shape}'
   sign, logdet = np.linalg.slogdet(np.asarray(jac, np.float64))
   assert sign != 0
