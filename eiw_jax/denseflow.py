@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from eiw_jax import noise as per_image
 from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
                                sum_event, unsqueeze, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
@@ -138,7 +139,7 @@ class CrossUnitCoupling(Bijector):
       eta = (eta_hat - mu) * jnp.exp(-log_s)
       return xa, standard_normal_logpdf(eta) - sum_event(log_s)
     if noise is None:
-      noise = jax.random.normal(self.make_rng('noise'), x.shape[:-1] + (g,), x.dtype)
+      noise = per_image.normal(self.make_rng('noise'), x.shape[:-1] + (g,), x.dtype)
     eta_hat = (mu + jnp.exp(log_s) * noise).astype(x.dtype)
     y = jnp.concatenate([x, eta_hat], axis=-1)           # [B, H, W, C + g]
     return y, sum_event(log_s) - standard_normal_logpdf(noise)
@@ -274,7 +275,7 @@ class DenseFlowDequantizer(nn.Module):
 
     shape = (b, h // 2, w // 2, 4 * c)
     if eps is None:
-      eps = jax.random.normal(self.make_rng('dequant'), shape, jnp.float32)
+      eps = per_image.normal(self.make_rng('dequant'), shape, jnp.float32)
     loc = self.param('base_loc', nn.initializers.zeros, (4 * c,))
     log_scale = self.param('base_log_scale', nn.initializers.zeros, (4 * c,))
     z = loc + jnp.exp(log_scale) * eps                  # [B, H/2, W/2, 4C]

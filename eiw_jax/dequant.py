@@ -11,7 +11,8 @@ and
   [ActNorm, 1x1 conv, affine coupling conditioned on a context net of x],
   unsqueeze): log q(u|x) = log N(eps) - log|det du/deps|.
 
-Both draw their randomness from the 'dequant' RNG stream. `dtype` (e.g.
+Both draw their randomness from the 'dequant' RNG stream, per image (eiw_jax/noise.py:
+image i uses fold_in(key, i), so its noise does not depend on the batch). `dtype` (e.g.
 jnp.bfloat16) is the compute dtype of the variational dequantizer's networks
 (the context net and the couplings' conditioners); its flow stays float32.
 """
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from eiw_jax import noise as per_image
 from eiw_jax.bijectors import ActNorm, Coupling, InvConv1x1, squeeze, sum_event, unsqueeze
 from eiw_jax.nets import Conv, ConvNet
 
@@ -38,7 +40,7 @@ class UniformDequantizer(nn.Module):
 
   @nn.compact
   def __call__(self, x, num_bits):
-    u = jax.random.uniform(self.make_rng('dequant'), x.shape, jnp.float32)
+    u = per_image.uniform(self.make_rng('dequant'), x.shape, jnp.float32)
     return u, jnp.zeros(x.shape[:1], jnp.float32)
 
 
@@ -52,7 +54,7 @@ class VariationalDequantizer(nn.Module):
     context = x.astype(jnp.float32) / 2**num_bits - 0.5
     context = Conv(self.hidden, 3, dtype=self.dtype, name='context')(context)
     context = squeeze(nn.relu(context))
-    eps = jax.random.normal(self.make_rng('dequant'), x.shape, jnp.float32)
+    eps = per_image.normal(self.make_rng('dequant'), x.shape, jnp.float32)
     log_q = standard_normal_logpdf(eps)
     h = squeeze(eps)  # [B, H/2, W/2, 4C]: couplings need >= 2 channels
     net = functools.partial(ConvNet, hidden=self.hidden, dtype=self.dtype)
