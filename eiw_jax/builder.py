@@ -64,6 +64,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 LEGACY_VALUES = {'model.shuffle_mode': 'kl', 'model.solver_input': 'count',
                  'model.shuffle_refresh_every': 1, 'optim.shuffle_optimizer': 'shared'}
 SHUFFLE_MODES = ('likelihood', 'kl', 'random', 'oracle')
+# Model keys that old saved configs may lack (LEGACY_VALUES, or read with .get).
+LEGACY_KEYS = {name.split('.')[1] for name in LEGACY_VALUES if name.startswith('model.')} | {
+    'shuffle_seed', 'shuffle_statistic', 'kl_units', 'compute_dtype'}
 
 
 def legacy_get(config, name: str):
@@ -73,8 +76,30 @@ def legacy_get(config, name: str):
   return config[group].get(key, LEGACY_VALUES[name])
 
 
+_DATA_KEYS = ('image_size', 'channels', 'num_bits')
+
+
+def check_structure(config) -> None:
+  """config.model and config.data exist and hold every key a model needs."""
+  if not isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    raise UserError(f'the config must be an ml_collections.ConfigDict, got {type(config).__name__}; '
+                    'wrap it: ml_collections.ConfigDict(dict(model=..., data=...))')
+  needed = {'model': [k for k in model_config().keys() if k not in LEGACY_KEYS],
+            'data': _DATA_KEYS}
+  for group, keys in needed.items():
+    if group not in config:
+      raise UserError(f'the config has no {group!r} group; give config.{group} '
+                      f'({"eiw_jax.model_config(...)" if group == "model" else "dict(" + ", ".join(f"{k}=..." for k in _DATA_KEYS) + ")"})')
+    missing = [k for k in keys if k not in config[group]]
+    if missing:
+      hint = ('start from eiw_jax.model_config(**overrides)' if group == 'model'
+              else f'give config.data.{missing[0]}')
+      raise UserError(f'config.{group} has no key {missing[0]!r}; {hint}')
+
+
 def validate(config) -> None:
   """Refuses configurations that cannot build a working model (UserError, one line)."""
+  check_structure(config)
   m, d = config.model, config.data
   if m.num_scales < 1:
     raise UserError(f'model.num_scales must be >= 1, got {m.num_scales}; set --config.model.num_scales=2')

@@ -228,7 +228,9 @@ def flatten_latents(latents: Sequence[jnp.ndarray]) -> jnp.ndarray:
 
 
 def unflatten_latents(flat: jnp.ndarray, shapes: Sequence[Sequence[int]]) -> list:
-  """Inverse of `flatten_latents`; `shapes` are the per-scale shapes without the batch axis."""
+  """Inverse of `flatten_latents`. `shapes` are the per-scale shapes as `latent_shapes`
+  gives them ([B, H_k, W_k, C_k]; B is taken from `flat`) or per image ([H_k, W_k, C_k])."""
+  shapes = [tuple(s[1:]) if len(s) == 4 else tuple(s) for s in shapes]
   sizes = [int(np.prod(s)) for s in shapes]
   if flat.shape[-1] != sum(sizes):
     raise ValueError(f'flat latent has {flat.shape[-1]} dims, shapes need {sum(sizes)}')

@@ -300,10 +300,10 @@ def test_model_config_refuses_unknown_keys():
 
 
 @pytest.mark.parametrize('mode', ['likelihood', 'random'])
-def test_shuffle_state_reports_the_permutation_in_use(mode):
+def test_shuffle_info_reports_the_permutation_in_use(mode):
   model = eiw_jax.build(tiny_config(mode))
   v = eiw_jax.init(model, jax.random.key(1), IMAGES)
-  (state,) = eiw_jax.shuffle_state(model, v)
+  (state,) = eiw_jax.shuffle_info(model, v)
   y = eiw_jax.to_continuous(IMAGES, 8)
   if mode == 'likelihood':
     np.testing.assert_array_equal(state['perm'], np.arange(16))  # no refresh yet: identity
@@ -312,4 +312,4 @@ def test_shuffle_state_reports_the_permutation_in_use(mode):
     assert state['q'] is None and not np.array_equal(state['perm'], np.arange(16))
   assert int(state['factored'].sum()) == 8
   np.testing.assert_array_equal(np.nonzero(state['factored'])[0], np.sort(state['perm'][8:]))
-  assert eiw_jax.shuffle_state(eiw_jax.build(tiny_config(mode, shuffle=False)), v) == []
+  assert eiw_jax.shuffle_info(eiw_jax.build(tiny_config(mode, shuffle=False)), v) == []

@@ -14,6 +14,11 @@ from eiw_jax.bijectors.base import Bijector
 
 
 class ActNorm(Bijector):
+  """Per-channel affine y = (x + loc) * exp(log_scale) (Glow §3.1).
+
+  `init` sets loc and log_scale from the first batch so that y has zero mean and
+  unit variance per channel. logdet = H * W * sum(log_scale), per image [B].
+  """
   eps: float = 1e-6
 
   @nn.compact

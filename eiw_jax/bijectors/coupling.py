@@ -23,6 +23,8 @@ from eiw_jax.nets import Conv
 
 
 class Coupling(Bijector):
+  """Affine (or additive) coupling: the first ceil(C/2) channels condition the
+  rest through `conditioner` (see the module docstring); starts as the identity."""
   conditioner: Callable[[], nn.Module]
   affine: bool = True
   log_scale_bound: float = 2.0

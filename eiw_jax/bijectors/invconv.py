@@ -31,6 +31,12 @@ def _orthogonal(rng, c):
 
 
 class InvConv1x1(Bijector):
+  """Invertible 1x1 convolution: y = W x at every pixel (Glow §3.2).
+
+  `lu=True` parametrises W = P L (U + diag(sign * exp(log_s))) with P and sign
+  fixed constants ('consts'), so log|det W| = sum(log_s); `lu=False` learns W
+  itself (DenseFlow) and takes slogdet. logdet = H * W * log|det W|, per image.
+  """
   lu: bool = True
 
   @nn.compact

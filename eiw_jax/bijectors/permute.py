@@ -25,6 +25,7 @@ def fixed_permutation(num_channels: int, mode: str, seed: int = 0) -> np.ndarray
 
 
 class Permute(Bijector):
+  """A fixed channel permutation ('reverse' or a seeded 'random' one); logdet 0."""
   mode: str = 'reverse'
   seed: int = 0
 

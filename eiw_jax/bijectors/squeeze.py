@@ -27,6 +27,7 @@ def unsqueeze(x):
 
 
 class Squeeze(Bijector):
+  """Space to depth: [B, H, W, C] -> [B, H/2, W/2, 4C] (RealNVP §3.6); logdet 0."""
 
   @nn.compact
   def __call__(self, x, inverse=False, **unused):
