@@ -6,14 +6,21 @@ and the peak memory of invertible backprop against ordinary autodiff.
 
 Timings interleave the two models round by round, so drift in the machine's speed
 hits both alike; the overhead is reported as a ratio of medians.
+
+Start-up and memory are measured per model in a fresh process each (`cold_start`):
+the seconds to build and initialise the model, to compile the step, from the
+start to the end of the first step, and the process's peak resident memory; once
+with an empty compilation cache, once more with the cache the first run filled.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -23,7 +30,7 @@ from eiw_jax import api
 from eiw_jax.train_lib import Trainer
 
 
-def _variant(config, **model):
+def variant(config, **model):
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
     cfg.model.update(model)
@@ -81,7 +88,7 @@ def peak_memory(compiled) -> int:
 def flops_per_step(config) -> float:
   """XLA's FLOP count of one training step. XLA counts a loop body once whatever
   its trip count, so this compiles the unrolled (scan=False) form of the model."""
-  trainer = Trainer(_variant(config, scan=False), workdir='')
+  trainer = Trainer(variant(config, scan=False), workdir='')
   batch = _random_batch(trainer)
   state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
   compiled = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
@@ -90,9 +97,9 @@ def flops_per_step(config) -> float:
 
 def compare(config, *, names=('eiw', 'vanilla'), rounds: int = 5, steps: int = 5,
             sample_iters: int = 3, peak_flops: float = 0.0, count_flops: bool = True,
-            log=print) -> dict:
+            sample: bool = True, log=print) -> dict:
   """EIW vs vanilla for one config (see the module docstring)."""
-  models = {n: _Model(_variant(config, shuffle=n == 'eiw')) for n in names}
+  models = {n: _Model(variant(config, shuffle=n == 'eiw')) for n in names}
   for m in models.values():
     m.run(1)  # warm up
     m.times.clear()
@@ -108,7 +115,8 @@ def compare(config, *, names=('eiw', 'vanilla'), rounds: int = 5, steps: int = 5
     flops = flops_per_step(m.trainer.config) if count_flops else float('nan')
     result[name] = dict(
         train_images_per_s=batch / step_s, step_s=step_s, compile_s=m.compile_s,
-        sample_images_per_s=m.sample_images_per_s(batch, sample_iters),
+        sample_images_per_s=(m.sample_images_per_s(batch, sample_iters) if sample
+                             else float('nan')),
         peak_memory_bytes=m.peak_memory_bytes, flops_per_step=flops,
         achieved_flops_per_s=flops / step_s,
         params=sum(x.size for x in jax.tree.leaves(m.state.params)))
@@ -120,12 +128,51 @@ def compare(config, *, names=('eiw', 'vanilla'), rounds: int = 5, steps: int = 5
   return result
 
 
+def first_step(config) -> dict:
+  """In this process, from nothing to the end of one training step of `config`:
+  init_s (build and initialise), compile_s (the step), first_step_s (all of it,
+  the step's run included) and peak_rss_bytes (this process so far)."""
+  t0 = time.perf_counter()
+  trainer = Trainer(config, workdir='')
+  batch = _random_batch(trainer)
+  state = jax.block_until_ready(trainer._init(jax.random.key(0), batch))  # pylint: disable=protected-access
+  t1 = time.perf_counter()
+  step = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
+  t2 = time.perf_counter()
+  jax.block_until_ready(step(state, batch))
+  t3 = time.perf_counter()
+  return dict(init_s=t1 - t0, compile_s=t2 - t1, first_step_s=t3 - t0,
+              peak_rss_bytes=peak_rss_bytes())
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cold_start(argv_base, names) -> dict:
+  """`first_step` per model in a fresh process: cold (an empty compilation cache),
+  then again with the cache that run filled ('cached_' keys)."""
+  out = {}
+  for name in names:
+    with tempfile.TemporaryDirectory() as cache:
+      out[name] = {}
+      for prefix in ('', 'cached_'):
+        path = os.path.join(cache, 'result.json')
+        cmd = [sys.executable, *argv_base, f'--only={name}', '--first_step_only',
+               f'--compilation_cache={cache}', f'--json={path}']
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+          out[name].update({prefix + k: v for k, v in json.load(f)[name].items()})
+  return out
+
+
 def invertible_memory(config, depths=(6, 24)) -> dict:
   """Peak memory of the training step at each depth N, ordinary vs invertible backprop."""
   out = {}
   for mode, inv in (('autodiff', False), ('invertible', True)):
     for n in depths:
-      trainer = Trainer(_variant(config, num_steps=n, invertible_grad=inv, scan=True), workdir='')
+      trainer = Trainer(variant(config, num_steps=n, invertible_grad=inv, scan=True), workdir='')
       batch = _random_batch(trainer)
       state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
       compiled = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
@@ -140,7 +187,7 @@ def device_scaling(argv_base, counts) -> dict:
   for n in counts:
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
     path = f'/tmp/eiw_bench_devices_{n}_{os.getpid()}.json'
-    cmd = [sys.executable, *argv_base, '--only=eiw', '--noflops', f'--json={path}']
+    cmd = [sys.executable, *argv_base, '--only=eiw', '--noflops', '--nocold', f'--json={path}']
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     with open(path) as f:
       out[str(n)] = json.load(f)['eiw']['step_s']
