@@ -203,9 +203,9 @@ class Trainer:
     return resume.adapters(self.config, self._variant_abstract)
 
   def _variant_abstract(self, config):
-    key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
-                     sort_keys=True)
-    init = _programs(key, self.mesh)[2]
+    """The abstract state under `config`'s optimiser settings (same model)."""
+    init = functools.partial(init_state, self.model, make_optimizer(config.optim),
+                             config.optim.ema_decay > 0)
     d = self.config.data
     batch = jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
                                  jnp.int32, sharding=self.data_sharding)
