@@ -78,8 +78,9 @@ def validate(config) -> None:
   m, d = config.model, config.data
   if m.num_scales < 1:
     raise UserError(f'model.num_scales must be >= 1, got {m.num_scales}; set --config.model.num_scales=2')
-  if m.kl_weight < 0:
-    raise UserError(f'model.kl_weight (lambda) must be >= 0, got {m.kl_weight}; the paper uses 1e-3')
+  if not 0 <= m.kl_weight < float('inf'):  # NaN too
+    raise UserError(f'model.kl_weight (lambda) must be >= 0 and finite, got {m.kl_weight}; '
+                    'the paper uses 1e-3')
   if not 1 <= d.num_bits <= 8:
     raise UserError(f'data.num_bits must be in 1..8, got {d.num_bits}')
   for key in ('image_size', 'channels'):
@@ -95,6 +96,9 @@ def validate(config) -> None:
         f'or an image size divisible by {factor}')
   if m.backbone not in ('glow', 'denseflow'):
     raise UserError(f"model.backbone must be 'glow' or 'denseflow', got {m.backbone!r}")
+  if m.backbone == 'denseflow' and 'units' not in m.denseflow:
+    raise UserError("model.backbone='denseflow' needs the model.denseflow settings, which "
+                    'this config lacks; use a DenseFlow config (configs/cifar10.py)')
   if m.backbone == 'denseflow' and len(m.denseflow.units) != m.num_scales:
     raise UserError(f'model.denseflow.units has {len(m.denseflow.units)} scales but '
                     f'model.num_scales={m.num_scales}; make them agree')

@@ -286,7 +286,11 @@ class Checkpointer:
     """Raises UserError on a structural mismatch; returns the saved text."""
     if not self._config_path.exists():
       return None
-    text = self._config_path.read_text()
+    try:
+      text = self._config_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f'{self._config_path} is unreadable ({_one_line(e)}); remove or '
+                      f'fix it, or use a new --workdir') from e
     if not _committed_steps(self._dir):
       return text  # Nothing saved to be incompatible with.
     try:

@@ -232,7 +232,7 @@ def saved_config(workdir: Optional[str]):
   try:
     with open(path) as f:
       config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError) as e:  # unreadable, not JSON, not an object
+  except (OSError, ValueError, TypeError, AttributeError) as e:  # unreadable, not JSON, not a dict
     raise UserError(f'{path} is unreadable ({" ".join(str(e).split())}); pass '
                     '--config=configs/<dataset>.py with the values the run used') from e
   # Optimiser keys added since the run was saved take today's defaults (they do not
