@@ -241,17 +241,27 @@ def test_corrupt_config_json_seen_by_eval(copy):
     train_lib.saved_config(copy)
 
 
-def test_full_disk_is_one_line_and_resumable(copy, monkeypatch, no_eval):
-  def full(self, record):
-    raise OSError(errno.ENOSPC, 'No space left on device', 'metrics.jsonl')
+@pytest.mark.parametrize('where', ['metrics', 'checkpoint'])
+def test_full_disk_is_one_line_and_resumable(where, copy, monkeypatch, no_eval):
+  def full(*unused):
+    raise OSError(errno.ENOSPC, 'No space left on device', where)
 
-  monkeypatch.setattr(train_monitor.Monitor, '_write', full)
+  if where == 'metrics':
+    monkeypatch.setattr(train_monitor.Monitor, '_write', full)
+  else:  # the first write after a save has committed
+    monkeypatch.setattr(checksums, 'write', full)
   cfg = config()
   cfg.train.update(num_steps=STEPS + 2, log_every=1)
   with pytest.raises(UserError) as e:
     train_lib.train_and_evaluate(cfg, copy)
-  assert 'No space left on device' in str(e.value) and 'rerun the same command' in str(e.value)
+  message = str(e.value)
+  assert f'No space left on device: {where}' in message and '\n' not in message
+  assert 'rerun the same command' in message
   assert not os.path.exists(os.path.join(copy, workdir_lib.FILENAME))
+  monkeypatch.undo()
+  monkeypatch.setattr(train_monitor.Monitor, 'evaluate', _no_eval)
+  train_lib.train_and_evaluate(cfg, copy)  # space freed: the rerun completes
+  assert _committed(copy)[-1] == STEPS + 2
 
 
 @pytest.mark.parametrize('when', ['between_saves', 'during_a_save'])
@@ -266,7 +276,7 @@ def test_checkpoints_deleted_mid_run(when, copy, monkeypatch, no_eval):
 
   monkeypatch.setattr(train_monitor.Monitor, 'log', log_and_delete)
   cfg = config()
-  cfg.train.update(num_steps=STEPS + 3, log_every=1)
+  cfg.train.update(num_steps=STEPS + 3, log_every=1, keep_checkpoints=1)  # orbax deletes 1, 2
   if when == 'between_saves':  # the next save recreates the directory
     train_lib.train_and_evaluate(cfg, copy)
     assert _committed(copy)[-1] == STEPS + 3
