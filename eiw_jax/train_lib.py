@@ -297,11 +297,17 @@ class _Preemption:
 def _check_streak(step: int, streak, limit: int) -> None:
   """Raises once `limit` non-finite steps in a row end at `step`."""
   streak = int(streak)
-  if streak >= limit:
+  if streak < limit:
+    return
+  if step == streak:  # not one finite step: no learning rate is to blame
     raise UserError(
-        f'stopped at step {step}: {streak} non-finite steps in a row (loss or gradient '
-        f'NaN/inf; parameters unchanged since step {step - streak}, checkpoints kept); '
-        f'lower --config.optim.lr or set --config.optim.grad_clip, then rerun to resume')
+        f'stopped at step {step}: every step was non-finite (loss or gradient NaN/inf at the '
+        'initial parameters, whatever the learning rate); check the data and the model.* '
+        'values against the config defaults')
+  raise UserError(
+      f'stopped at step {step}: {streak} non-finite steps in a row (loss or gradient '
+      f'NaN/inf; parameters unchanged since step {step - streak}, checkpoints kept); '
+      f'lower --config.optim.lr or set --config.optim.grad_clip, then rerun to resume')
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

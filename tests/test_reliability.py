@@ -202,7 +202,8 @@ def test_a_killed_trainer_leaves_no_lock(tmp_path):
     ('model.log_scale_bound', 0.0, 'model.log_scale_bound must be > 0'),
     ('data.image_size', 0, 'data.image_size must be an integer >= 1'),
     ('data.num_synthetic', 4, 'data.batch_size=8 exceeds the 4 examples of the train split'),
-])
+], ids=['hidden', 'num_steps', 'shuffle_reduction', 'solver_layers', 'log_scale_bound',
+        'image_size', 'batch_larger_than_dataset'])
 def test_bad_model_values_are_one_line_before_the_workdir(key, value, words, tmp_path):
   workdir = tmp_path / 'w'
   with pytest.raises(UserError) as e:
@@ -320,7 +321,7 @@ def test_whole_metrics_are_rewritten_silently(tmp_path, capsys):
     ('--config.optim.lrr=1', 'unknown config key optim.lrr; did you mean --config.optim.lr?'),
     ('--config.lrr=1', 'unknown config key lrr; did you mean --config.optim.lr?'),
     ('--config.foo=1', 'unknown config key foo; check the key against --config'),
-])
+], ids=['typo_in_a_group', 'group_left_out', 'unknown_top_level'])
 def test_unknown_override_keys_are_named(override, words, monkeypatch, capsys):
   monkeypatch.chdir(ROOT)
   argv = ['train.py', '--config=configs/fashion_mnist.py:smoke', '--workdir=/tmp/x', override]
@@ -332,3 +333,11 @@ def test_unknown_override_keys_are_named(override, words, monkeypatch, capsys):
     cli.parse_flags(argv, fv)
   assert e.value.code == 2
   assert capsys.readouterr().err == f'error: {words}\n'
+
+
+def test_nonfinite_advice_fits_the_cause():
+  with pytest.raises(UserError, match='lower --config.optim.lr or set --config.optim.grad_clip'):
+    train_lib._check_streak(7, 3, 3)  # finite until step 4: the step size is suspect
+  with pytest.raises(UserError, match='every step was non-finite .* whatever the learning rate'):
+    train_lib._check_streak(3, 3, 3)  # never finite: lr and clipping would not help
+  train_lib._check_streak(3, 2, 3)
