@@ -262,7 +262,7 @@ class Checkpointer:
       changes = _changes(json.loads(self._saved_config_text),
                          json.loads(self._config_text))
       if changes:
-        _note(f'resuming step {step} with changed settings: {changes}')
+        _note(f'step {step} restored under changed settings: {changes}')
     if not self._read_only and self._saved_config_text is None:
       self._write_config()
 

@@ -3,11 +3,9 @@ test here (or in test_reliability.py). Cheap: config values are refused before
 anything is compiled, and checkpoint faults use a small pytree state."""
 import json
 import os
-import shutil
 import sys
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -17,7 +15,7 @@ from eiw_jax import workdir as workdir_lib
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
-from test_robustness import ROOT, _snapshot, smoke_config
+from test_robustness import ROOT, smoke_config
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
