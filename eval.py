@@ -3,7 +3,8 @@
 Modes: bpd, samples, reconstruct, interpolate, manipulate, entropy, channels, speed,
 fid, summary. Each writes <workdir>/eval/<mode>.json (and PNGs beside it) and
 prints the JSON. --config defaults to the config saved in the workdir; `summary`
-needs only --config (no checkpoint, nothing allocated).
+needs only --config (no checkpoint, nothing allocated). The run's checkpoints are
+opened read-only, so evaluating beside a running train.py is safe.
 """
 import json
 import os

@@ -3,7 +3,8 @@
 Flags only; the loop is eiw_jax.train_lib.train_and_evaluate. Rerunning the same
 command resumes from the newest complete checkpoint in --workdir. Exit codes: 0 when
 done, and after SIGTERM once a checkpoint of the current step is saved (stderr says
-so); 2 for bad input or a run stopped by non-finite steps (one line on stderr).
+so); 2 for bad input, a workdir in use by another run, a storage failure (disk
+full) or a run stopped by non-finite steps (one line on stderr).
 """
 from absl import flags
 from ml_collections import config_flags

@@ -103,10 +103,16 @@ def validate(config) -> None:
   m, d = config.model, config.data
   if m.num_scales < 1:
     raise UserError(f'model.num_scales must be >= 1, got {m.num_scales}; set --config.model.num_scales=2')
-  if m.kl_weight < 0:
-    raise UserError(f'model.kl_weight (lambda) must be >= 0, got {m.kl_weight}; the paper uses 1e-3')
+  if not 0 <= m.kl_weight < float('inf'):  # NaN too
+    raise UserError(f'model.kl_weight (lambda) must be >= 0 and finite, got {m.kl_weight}; '
+                    'the paper uses 1e-3')
   if not 1 <= d.num_bits <= 8:
     raise UserError(f'data.num_bits must be in 1..8, got {d.num_bits}')
+  for key in ('image_size', 'channels'):
+    if not _positive_int(d[key]):
+      raise UserError(f'data.{key} must be an integer >= 1, got {d[key]!r}; '
+                      f'set --config.data.{key}')
+  _check_sizes(m)
   factor = 2 ** (m.num_scales - 1 + int(m.initial_squeeze))
   if d.image_size % factor:
     raise UserError(
@@ -115,6 +121,9 @@ def validate(config) -> None:
         f'or an image size divisible by {factor}')
   if m.backbone not in ('glow', 'denseflow'):
     raise UserError(f"model.backbone must be 'glow' or 'denseflow', got {m.backbone!r}")
+  if m.backbone == 'denseflow' and 'units' not in m.denseflow:
+    raise UserError("model.backbone='denseflow' needs the model.denseflow settings, which "
+                    'this config lacks; use a DenseFlow config (configs/cifar10.py)')
   if m.backbone == 'denseflow' and len(m.denseflow.units) != m.num_scales:
     raise UserError(f'model.denseflow.units has {len(m.denseflow.units)} scales but '
                     f'model.num_scales={m.num_scales}; make them agree')
@@ -147,6 +156,29 @@ def validate(config) -> None:
   if dtype != 'float32' and m.backbone != 'glow':
     raise UserError(f'model.compute_dtype={dtype} is supported by the glow backbone only; '
                     'set --config.model.compute_dtype=float32')
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_sizes(m) -> None:
+  """Widths, depths and counts that must be positive (else a traceback or NaN later)."""
+  keys = []
+  if m.get('backbone', 'glow') == 'glow':
+    keys += ['num_steps', 'hidden']
+  if m.get('shuffle', True):
+    keys += ['shuffle_reduction', 'solver_layers']
+  if m.get('dequantizer') == 'variational' and m.get('backbone', 'glow') == 'glow':
+    keys += ['dequant_steps', 'dequant_hidden']
+  for key in keys:
+    if not _positive_int(m[key]):
+      raise UserError(f'model.{key} must be an integer >= 1, got {m[key]!r}; set '
+                      f'--config.model.{key} (default {model_config()[key]})')
+  bound = m.get('log_scale_bound', 2.0)
+  if m.get('coupling') == 'affine' and not bound > 0:
+    raise UserError(f'model.log_scale_bound must be > 0 (log-scales are b*tanh(s/b)), got '
+                    f'{bound}; set --config.model.log_scale_bound=2.0')
 
 
 # The conditioners' compute dtype (None: float32); parameters stay float32.

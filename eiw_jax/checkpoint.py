@@ -3,7 +3,8 @@
 A workdir holds:
 
   config.json                 the run's config, human readable
-  checkpoints/<step>/         one orbax checkpoint per saved step
+  checkpoints/<step>/         one orbax checkpoint per saved step, with
+                              checksums.json (eiw_jax.checksums) once committed
   corrupt_checkpoints/<step>-<n>/
                               steps that `restore` found unreadable, moved out
                               of orbax's sight (kept for inspection)
@@ -28,6 +29,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from eiw_jax import checksums
 from eiw_jax.errors import UserError
 
 # Written by orbax as the last file of a step (before the atomic rename on a
@@ -38,6 +40,9 @@ _STEP_NAME = re.compile(r'^(0|[1-9][0-9]*)$')
 _STRUCTURE_KEYS = ('data.image_size', 'data.channels', 'data.num_bits',
                    'optim.shuffle_optimizer')
 _CONFIG_FIX = "use a new --workdir, or pass the saved config's values"
+# orbax's item directory inside a step (CheckpointManager with one unnamed item).
+_ITEM = 'default'
+_MISMATCH = 'tree structures do not match'
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -62,24 +67,31 @@ class Checkpointer:
     that fails is moved to `corrupt_checkpoints/` (only once an older step was
     restored), so it no longer counts towards `max_to_keep` and later saves
     never garbage-collect the good step in its place.
-  * What cannot be given: a committed checkpoint damaged afterwards (disk
-    fault, truncated copy) is only detected by `restore`. With
-    `max_to_keep=1` there is then nothing older to fall back to; keep
-    `max_to_keep >= 2` to survive damage to the newest checkpoint.
+  * Once a save has committed, the size and SHA-256 of each of its files are
+    recorded (`checksums.json` in the step); `restore` verifies them first, so
+    a checkpoint damaged afterwards (flipped bytes, a truncated copy) counts as
+    unreadable and `restore` falls back. With `max_to_keep=1` there is then
+    nothing older to fall back to; keep `max_to_keep >= 2` to survive damage
+    to the newest checkpoint.
+  * `read_only=True` (evaluation beside a running trainer) never writes,
+    moves or deletes anything under the workdir: no cleanup of the trainer's
+    unfinished saves, no move of unreadable steps, no config.json.
 
   Saves are asynchronous: `save` returns once the arrays are copied off the
   device (the state may then be donated); `wait` blocks until committed.
 
   Config handling: with `config` given, `<workdir>/config.json` is written
-  when absent or when the workdir has no checkpoint yet. Otherwise the config
-  is compared with the saved one: a difference in a key that fixes the state's structure
-  (`model.*`, `data.image_size`, `data.channels`, `data.num_bits`) raises
-  `UserError` before anything is written; other differences (e.g. a longer
-  run) are accepted and reach config.json with the next save.
+  when the workdir has no checkpoint yet, and otherwise only once a checkpoint
+  was restored with it (or saved). The config is compared with the saved one:
+  a difference in a key that fixes the state's structure (`model.*`,
+  `data.image_size`, `data.channels`, `data.num_bits`) raises `UserError`
+  before anything is written; other differences (a longer run, another
+  learning rate) are accepted, named in one line by `restore`, and reach
+  config.json with the next save.
   """
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
-               config=None):
+               config=None, read_only: bool = False):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
     # orbax needs absolute paths; users give relative ones (--workdir=runs/x).
@@ -89,16 +101,21 @@ class Checkpointer:
     self._config_path = self._workdir / 'config.json'
     self._config_text = None if config is None else _config_to_json(config)
     self._saved_config_text = None
+    self._read_only = read_only
+    self._unsealed = []  # steps saved here whose checksums are not written yet
     if self._config_text is not None:
       self._saved_config_text = self._check_config()  # Writes nothing.
     _quiet_orbax_logs()
+    self._reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    self._manager = None  # Saves and deletes: never opened read-only.
+    if read_only:
+      return
     self._manager = ocp.CheckpointManager(
         self._dir,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True,
             cleanup_tmp_directories=True))
-    if self._config_text is not None and (
-        self._saved_config_text is None or not _committed_steps(self._dir)):
+    if self._config_text is not None and not _committed_steps(self._dir):
       self._write_config()
 
   def latest_step(self) -> Optional[int]:
@@ -113,8 +130,8 @@ class Checkpointer:
     """Committed steps, oldest first."""
     return _committed_steps(self._dir)
 
-  def restore(self, abstract_state, *,
-              step: Optional[int] = None) -> Optional[tuple[Any, int]]:
+  def restore(self, abstract_state, *, step: Optional[int] = None,
+              adapters=()) -> Optional[tuple[Any, int]]:
     """Restores the newest readable checkpoint.
 
     Args:
@@ -122,6 +139,12 @@ class Checkpointer:
         so arrays land directly on the mesh) or of concrete arrays, with the
         structure of the saved state.
       step: restore exactly this step (no fall back) instead of the newest.
+      adapters: for a checkpoint whose tree structure differs from
+        `abstract_state`'s (e.g. saved under other optimiser settings), tried
+        in order: `(description, abstract_fn, convert)`, where
+        `abstract_fn()` gives the structure to restore and `convert(state)`
+        turns what was restored into the structure wanted. The first that
+        fits is used and its description printed in one line.
 
     Returns:
       `(state, step)`, or None when the workdir holds no checkpoint.
@@ -132,7 +155,7 @@ class Checkpointer:
     self.wait()
     if step is not None:
       try:
-        return self._restore_step(step, abstract_state), step
+        return self._restore_step(step, abstract_state, adapters), step
       except Exception as e:  # pylint: disable=broad-except
         raise UserError(
             f'checkpoint step {step} in {self._dir} is unreadable '
@@ -144,7 +167,7 @@ class Checkpointer:
     failed = []
     for i, s in enumerate(steps):
       try:
-        state = self._restore_step(s, abstract_state)
+        state = self._restore_step(s, abstract_state, adapters)
       except Exception as e:  # pylint: disable=broad-except
         failed.append((s, _one_line(e)))
         then = (f'falling back to step {steps[i + 1]}' if i + 1 < len(steps)
@@ -152,6 +175,7 @@ class Checkpointer:
         _warn(f'checkpoint step {s} is unreadable ({_one_line(e)}); {then}')
         continue
       self._move_aside([f for f, _ in failed])
+      self._accept_config(s)
       return state, s
     newest, reason = failed[0]
     raise UserError(
@@ -165,18 +189,37 @@ class Checkpointer:
     Returns False (and saves nothing) when `step` is not newer than the
     latest step, unless `force`. Keeps the newest `max_to_keep` steps.
     """
+    if self._manager is None:
+      raise ValueError(f'{self._dir} was opened read-only')
+    self.wait()  # orbax would wait too; the previous step gets its checksums
     saved = self._manager.save(
         int(step), args=ocp.args.StandardSave(state), force=force)
+    if saved:
+      self._unsealed.append(int(step))
     if saved and self._config_text != self._saved_config_text:
       self._write_config()
     return saved
 
   def wait(self):
-    """Blocks until pending saves are committed (raises if one failed)."""
+    """Blocks until pending saves are committed (raises if one failed) and
+    records the checksums of the steps committed since."""
+    if self._manager is None:
+      return
     self._manager.wait_until_finished()
+    steps, self._unsealed = self._unsealed, []
+    if jax.process_index() == 0:
+      for s in steps:
+        path = self._dir / str(s)
+        if (path / _COMMIT_MARKER).exists() and not checksums.has(os.fspath(path)):
+          checksums.write(os.fspath(path))
+    _sync('eiw_jax_checkpoint_checksums')
 
   def close(self):
     """Waits for pending saves and releases orbax's resources."""
+    self._reader.close()
+    if self._manager is None:
+      return
+    self.wait()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -185,18 +228,47 @@ class Checkpointer:
   def __exit__(self, *exc_info):
     self.close()
 
-  def _restore_step(self, step: int, abstract_state):
+  def _restore_step(self, step: int, abstract_state, adapters=()):
     path = self._dir / str(step)
     if not path.is_dir():
       raise FileNotFoundError(f'no directory {path}')
     if not (path / _COMMIT_MARKER).exists():
       raise FileNotFoundError(f'no {_COMMIT_MARKER}: the save never finished')
-    return self._manager.restore(
-        step, args=ocp.args.StandardRestore(abstract_state))
+    checksums.verify(os.fspath(path))  # raises ValueError on damage
+    read = lambda target: self._reader.restore(
+        path / _ITEM, args=ocp.args.StandardRestore(target))
+    try:
+      return read(abstract_state)
+    except ValueError as e:
+      if _MISMATCH not in str(e) or not adapters:
+        raise
+      mismatch = e
+    for description, abstract_fn, convert in adapters:
+      try:
+        state = read(abstract_fn())
+      except ValueError as e:
+        if _MISMATCH in str(e):
+          continue
+        raise
+      _note(f'step {step} was saved {description}')
+      return convert(state)
+    raise mismatch
+
+  def _accept_config(self, step: int):
+    """After a restore: names changed settings; config.json now reflects them."""
+    if self._config_text is None:
+      return
+    if self._saved_config_text is not None:
+      changes = _changes(json.loads(self._saved_config_text),
+                         json.loads(self._config_text))
+      if changes:
+        _note(f'step {step} restored under changed settings: {changes}')
+    if not self._read_only and self._saved_config_text is None:
+      self._write_config()
 
   def _move_aside(self, steps: list[int]):
     """Moves failed steps out of orbax's sight so GC never counts them."""
-    if not steps:
+    if not steps or self._read_only:
       return
     if jax.process_index() == 0:
       self._corrupt_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +286,11 @@ class Checkpointer:
     """Raises UserError on a structural mismatch; returns the saved text."""
     if not self._config_path.exists():
       return None
-    text = self._config_path.read_text()
+    try:
+      text = self._config_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f'{self._config_path} is unreadable ({_one_line(e)}); remove or '
+                      f'fix it, or use a new --workdir') from e
     if not _committed_steps(self._dir):
       return text  # Nothing saved to be incompatible with.
     try:
@@ -305,6 +381,17 @@ def _structure_difference(saved: dict, new: dict):
   return None
 
 
+def _changes(saved: dict, new: dict, limit: int = 6) -> str:
+  """'optim.lr 0.001 -> 0.0005, ...' for the non-structural keys that differ."""
+  saved, new = _flatten(saved), _flatten(new)
+  keys = sorted(k for k in saved.keys() & new.keys()
+                if saved[k] != new[k] and not k.startswith('eval.'))
+  parts = [f'{k} {json.dumps(saved[k])} -> {json.dumps(new[k])}' for k in keys[:limit]]
+  if len(keys) > limit:
+    parts.append(f'and {len(keys) - limit} more')
+  return ', '.join(parts)
+
+
 def _one_line(error: Exception, limit: int = 240) -> str:
   text = ' '.join(str(error).split())
   text = f'{type(error).__name__}: {text}'
@@ -314,6 +401,12 @@ def _one_line(error: Exception, limit: int = 240) -> str:
 def _warn(message: str):
   logging.warning('%s', message)
   print(f'WARNING: {message}', file=sys.stderr, flush=True)
+
+
+def _note(message: str):
+  logging.info('%s', message)
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _sync(name: str):

@@ -42,13 +42,27 @@ def parse_flags(argv: list, flag_values=None) -> list:
         value.keys()
     return argv
   except flags.UnrecognizedFlagError as e:
-    print(f'error: {_config_override_error(e, flag_values) or _one_line(e)}', file=sys.stderr)
+    message = _config_override_error(e.flagname, e.flagvalue, flag_values)
+    print(f'error: {message or _one_line(e)}', file=sys.stderr)
   except flags.Error as e:
-    print(f'error: {_one_line(e)}', file=sys.stderr)
+    print(f'error: {_unknown_override(argv, flag_values) or _one_line(e)}', file=sys.stderr)
   except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:  # config or override
-    print(f'error: {_one_line(e)} (check --config and its --config.* overrides)',
-          file=sys.stderr)
+    message = _unknown_override(argv, flag_values)
+    message = message or f'{_one_line(e)} (check --config and its --config.* overrides)'
+    print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def _unknown_override(argv: list, flag_values):
+  """The message for the first --config.<key> override naming no key of the config."""
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    name, _, value = arg[2:].partition('=')
+    message = _config_override_error(name, value, flag_values, unknown_only=True)
+    if message:
+      return message
+  return None
 
 
 def run_main(main: Callable[[list], None]) -> None:
@@ -69,23 +83,37 @@ def run_main(main: Callable[[list], None]) -> None:
   app.run(guarded, flags_parser=parse_flags)
 
 
-def _config_override_error(e, flag_values):
+def _config_override_error(name, flagvalue, flag_values, unknown_only=False):
   """absl calls a bad --config.<key> override unknown; say which of the two it is."""
-  name = e.flagname or ''
+  name = name or ''
   if not name.startswith('config.') or 'config' not in flag_values:
     return None
-  config, path = flag_values['config'].value, name[len('config.'):]
-  if config is None:
+  try:
+    config = flag_values['config'].value
+  except Exception:  # pylint: disable=broad-except
+    config = None
+  if config is None and unknown_only:  # the override failed before the file was read
+    from eiw_jax import config_lib  # pylint: disable=g-import-not-at-top
+    config = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
+                                    train_steps=1)
+  path = name[len('config.'):]
+  if config is None or not hasattr(config, 'keys'):
     return None
   value = config
   for key in path.split('.'):
     if not hasattr(value, 'keys') or key not in value.keys():
       from eiw_jax import config_lib  # pylint: disable=g-import-not-at-top
-      near = difflib.get_close_matches(path, sorted(config_lib.leaf_keys(config)), n=1)
+      keys = sorted(config_lib.leaf_keys(config))
+      near = difflib.get_close_matches(path, keys, n=1)
+      if not near:  # a group left out (--config.lr): match the last part alone
+        last = {k.rsplit('.', 1)[-1]: k for k in reversed(keys)}
+        near = [last[k] for k in difflib.get_close_matches(path.rsplit('.', 1)[-1], last, n=1)]
       hint = f'did you mean --config.{near[0]}?' if near else 'check the key against --config'
       return f'unknown config key {path}; {hint}'
     value = value[key]
-  given = (e.flagvalue or '').split('=', 1)[-1]
+  if unknown_only:
+    return None
+  given = (flagvalue or '').split('=', 1)[-1]
   return (f'--{name}={given} is not a valid {type(value).__name__} (the config has {value!r}); '
           f'fix the value of --{name}')
 

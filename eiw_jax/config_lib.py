@@ -8,7 +8,7 @@ import difflib
 
 import ml_collections
 
-from eiw_jax.builder import denseflow_config, model_config
+from eiw_jax.builder import denseflow_config, model_config, validate
 from eiw_jax.errors import UserError
 from eiw_jax.losses import kl_scale
 
@@ -73,8 +73,9 @@ def check_keys(cfg) -> None:
 
 
 def validate_run(cfg) -> None:
-  """Checks the keys and the optim/train/data values of a training config (UserError)."""
+  """Checks the keys and the model/optim/train/data values of a training config (UserError)."""
   check_keys(cfg)
+  validate(cfg)  # the model's values first: the Shuffle's rates below depend on them
   t, o = cfg.train, cfg.optim
   for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
               'max_nonfinite_steps', 'eval_examples', 'num_samples'):
@@ -87,8 +88,8 @@ def validate_run(cfg) -> None:
   if o.name not in ('adam', 'adamax'):
     raise UserError(f"optim.name must be 'adam' or 'adamax', got {o.name!r}; "
                     "set --config.optim.name=adamax")
-  if not o.lr > 0:
-    raise UserError(f'optim.lr must be > 0, got {o.lr}; set --config.optim.lr=1e-3')
+  if not 0 < o.lr < float('inf'):
+    raise UserError(f'optim.lr must be > 0 and finite, got {o.lr}; set --config.optim.lr=1e-3')
   for key in ('b1', 'b2', 'ema_decay'):
     if not 0 <= o[key] < 1:
       raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')

@@ -26,7 +26,8 @@ import optax
 import tqdm
 
 from eiw_jax import api, checkpoint, config_lib, data, sharding
-from eiw_jax import shuffle
+from eiw_jax import resume, shuffle
+from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
@@ -197,8 +198,23 @@ class Trainer:
                         start_step=start_step, process_index=jax.process_index(),
                         process_count=jax.process_count())
 
+  def restore_adapters(self):
+    """For `Checkpointer.restore`: states saved under other clipping/EMA settings."""
+    return resume.adapters(self.config, self._variant_abstract)
+
+  def _variant_abstract(self, config):
+    """The abstract state under `config`'s optimiser settings (same model)."""
+    init = functools.partial(init_state, self.model, make_optimizer(config.optim),
+                             config.optim.ema_decay > 0)
+    d = self.config.data
+    batch = jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
+                                 jnp.int32, sharding=self.data_sharding)
+    shapes = jax.eval_shape(init, jax.random.key(0), batch)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
   def init_or_restore(self, ckpt: Checkpointer, train_split: data.Split) -> TrainState:
-    restored = ckpt.restore(self.abstract_state())
+    restored = ckpt.restore(self.abstract_state(), adapters=self.restore_adapters())
     if restored is not None:
       state, step = restored
       log(f'resumed from step {step}')
@@ -213,8 +229,12 @@ def saved_config(workdir: Optional[str]):
   path = os.path.join(workdir or '', 'config.json')
   if not workdir or not os.path.exists(path):
     raise UserError(f'no config given and none saved in {workdir!r}; pass --config=configs/<dataset>.py')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError, AttributeError) as e:  # unreadable, not JSON, not a dict
+    raise UserError(f'{path} is unreadable ({" ".join(str(e).split())}); pass '
+                    '--config=configs/<dataset>.py with the values the run used') from e
   # Optimiser keys added since the run was saved take today's defaults (they do not
   # change the state's structure); those whose absence means old behaviour stay absent.
   defaults = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
@@ -227,13 +247,17 @@ def saved_config(workdir: Optional[str]):
 
 
 def load_for_eval(config, workdir: str):
-  """(model, variables, step) from the newest readable checkpoint in `workdir`."""
+  """(model, variables, step) from the newest readable checkpoint in `workdir`.
+
+  Read-only: writes, moves and deletes nothing under `workdir` (a trainer may be
+  saving there at the same time; its unfinished save is skipped, not removed).
+  """
   trainer = Trainer(config, workdir)
   restored = None
-  if checkpoint.has_checkpoint(workdir):  # else write nothing, not even checkpoints/
-    ckpt = Checkpointer(workdir, max_to_keep=None, config=config)
+  if checkpoint.has_checkpoint(workdir):
+    ckpt = Checkpointer(workdir, max_to_keep=None, config=config, read_only=True)
     try:
-      restored = ckpt.restore(trainer.abstract_state())
+      restored = ckpt.restore(trainer.abstract_state(), adapters=trainer.restore_adapters())
     finally:
       ckpt.close()
   if restored is None:
@@ -273,29 +297,62 @@ class _Preemption:
 def _check_streak(step: int, streak, limit: int) -> None:
   """Raises once `limit` non-finite steps in a row end at `step`."""
   streak = int(streak)
-  if streak >= limit:
+  if streak < limit:
+    return
+  if step == streak:  # not one finite step: no learning rate is to blame
     raise UserError(
-        f'stopped at step {step}: {streak} non-finite steps in a row (loss or gradient '
-        f'NaN/inf; parameters unchanged since step {step - streak}, checkpoints kept); '
-        f'lower --config.optim.lr or set --config.optim.grad_clip, then rerun to resume')
+        f'stopped at step {step}: every step was non-finite (loss or gradient NaN/inf at the '
+        'initial parameters, whatever the learning rate); check the data and the model.* '
+        'values against the config defaults')
+  raise UserError(
+      f'stopped at step {step}: {streak} non-finite steps in a row (loss or gradient '
+      f'NaN/inf; parameters unchanged since step {step - streak}, checkpoints kept); '
+      f'lower --config.optim.lr or set --config.optim.grad_clip, then rerun to resume')
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics.
 
   Everything is checked (config keys and values, devices, both data splits) before
-  the workdir is created. SIGTERM saves a checkpoint at the current step and
-  returns normally (train.py then exits 0).
+  the workdir is created. One run at a time per workdir (a second is refused). SIGTERM
+  saves a checkpoint at the current step and returns normally (train.py then exits 0).
+  A full disk or a workdir that vanishes is one line (UserError); the checkpoints
+  already written stay usable.
   """
-  # pylint: disable=g-import-not-at-top
-  from eiw_jax import train_monitor
   config_lib.validate_run(config)
   if config.train.distributed:
     jax.distributed.initialize()
   trainer = Trainer(config, workdir)
   train_split = data.load_split(config.data, 'train')
   test_split = data.load_split(config.data, 'test')  # fail now, not at the first eval
-  os.makedirs(workdir, exist_ok=True)
+  for name, split in (('train', train_split), ('test', test_split)):
+    if len(split.images) < config.data.batch_size:
+      raise UserError(f'data.batch_size={config.data.batch_size} exceeds the '
+                      f'{len(split.images)} examples of the {name} split; lower '
+                      '--config.data.batch_size')
+  workdir_lib.make(workdir)
+  lock = workdir_lib.Lock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train(config, workdir, trainer, train_split, test_split)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    problem = workdir_lib.storage_problem(e)
+    if problem is None:
+      raise
+    raise UserError(f'could not write to {workdir} ({problem}); free disk space or restore '
+                    'the workdir, then rerun the same command to resume from its newest '
+                    'complete checkpoint') from e
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> dict:
+  # pylint: disable=g-import-not-at-top
+  from eiw_jax import train_monitor
   ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
   t = config.train
   try:
@@ -304,10 +361,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     raise
   start, total = int(state.step), int(t.num_steps)
+  if start >= total:
+    log(f'step {start} already reaches train.num_steps={total}: nothing to train; raise '
+        '--config.train.num_steps to continue')
   monitor = train_monitor.Monitor(trainer, workdir, start, total, test_split)
   batches = trainer.batches(train_split, start)
   last = {}
   pending = None  # (step, streak) of the previous step, checked one step late
+  failed = False
   try:
     with _Preemption() as preemption:
       for step in range(start + 1, total + 1):
@@ -333,8 +394,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
           ckpt.wait()
           log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
           break
+  except BaseException:
+    failed = True
+    raise
   finally:
-    ckpt.wait()
-    ckpt.close()
-    monitor.close()
+    try:
+      ckpt.close()
+    except Exception:  # pylint: disable=broad-except
+      if not failed:  # else the first error is the one to report
+        raise
+    finally:
+      monitor.close()
   return last

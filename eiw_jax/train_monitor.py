@@ -129,18 +129,51 @@ class Monitor:
 
 
 def _truncate_metrics(path: str, start: int) -> None:
-  """Keeps the records of steps <= start (and drops a torn last line)."""
+  """Keeps the records of steps <= start.
+
+  A damaged file (a torn line, two records run together, a cut last record) is
+  read record by record: every whole record is kept, the rest is reported in one
+  warning, and the file as it was is kept beside it (metrics.jsonl.damaged-N), so
+  nothing is lost for good.
+  """
   if not os.path.exists(path):
     return
-  keep = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line)['step'] <= start:
-          keep.append(line if line.endswith('\n') else line + '\n')
-      except (ValueError, KeyError, TypeError):
-        pass
+  with open(path, 'rb') as f:
+    text = f.read().decode('utf-8', errors='replace')
+  records, bad = _records(text)
+  keep = [json.dumps(r) + '\n' for r in records if r['step'] <= start]
+  if bad:
+    n = 1
+    while os.path.exists(f'{path}.damaged-{n}'):
+      n += 1
+    os.replace(path, f'{path}.damaged-{n}')
+    print(f'WARNING: {path} was damaged ({bad} unreadable fragment(s)); kept the '
+          f'{len(records)} whole records (those after step {start} are dropped as '
+          f'usual) and the file as it was in {path}.damaged-{n}', file=sys.stderr, flush=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.writelines(keep)
   os.replace(tmp, path)
+
+
+def _records(text: str):
+  """(records with an int 'step', number of unreadable fragments) of JSON-lines text."""
+  decoder = json.JSONDecoder()
+  records, bad, i, n = [], 0, 0, len(text)
+  while i < n:
+    while i < n and text[i].isspace():
+      i += 1
+    if i >= n:
+      break
+    try:
+      record, end = decoder.raw_decode(text, i)
+    except ValueError:
+      record, end = None, None
+    if isinstance(record, dict) and isinstance(record.get('step'), int):
+      records.append(record)
+      i = end
+      continue
+    bad += 1  # skip to the next record's start: a new line or a '{"step"'
+    nxt = [j for j in (text.find('\n', i + 1), text.find('{"step"', i + 1)) if j != -1]
+    i = min(nxt) if nxt else n
+  return records, bad
