@@ -98,7 +98,11 @@ def make(workdir: str) -> None:
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO,
                    errno.ENOENT)
 _STORAGE_WORDS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system',
-                  'Permission denied', 'No such file or directory', 'NOT_FOUND')
+                  'Permission denied', 'No such file or directory', 'NOT_FOUND',
+                  'No ArrayMetadata found', 'params are missing')
+# What orbax's messages mean where their own words would not say it.
+_REMOVED = 'files of a checkpoint were removed while it was being written'
+_MEANING = {'No ArrayMetadata found': _REMOVED, 'params are missing': _REMOVED}
 
 
 def storage_problem(error: BaseException) -> Optional[str]:
@@ -111,6 +115,6 @@ def storage_problem(error: BaseException) -> Optional[str]:
     text = ' '.join(str(error).split())
     for words in _STORAGE_WORDS:
       if words in text:
-        return words if len(text) > 200 else text
+        return _MEANING.get(words, words if len(text) > 200 else text)
     error = error.__cause__ or error.__context__
   return None
