@@ -286,7 +286,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last = {}
   pending = None  # (step, streak) of the previous step, checked one step late
   try:
-    with multihost.Preemption() as preemption, multihost.Watchdog(t.heartbeat_timeout_s / 2):
+    watchdog = multihost.Watchdog(t.get('heartbeat_timeout_s', 100) / 2)  # several processes
+    with multihost.Preemption() as preemption, watchdog:
       for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         batch = trainer.global_batch(next(batches))
