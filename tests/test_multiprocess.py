@@ -125,7 +125,9 @@ def one(tmp_path_factory):
 
 
 def test_two_processes_match_one(two, one):
-  """Same losses (rtol 1e-5) and parameters and optimiser state (rtol 1e-5, atol 1e-5) as one process on one device."""
+  """Same losses (rtol 1e-5), parameters and optimiser state (rtol 1e-5 + atol 1e-5) as
+  one process on one device, on the same global batches: each process fed only its own
+  rows (data.batches' per-process shard, tests/test_data.py) and they add up to them."""
   workdir, run, codes = two
   assert codes == [0, 0], run.output(0)[-3000:] + run.output(1)[-3000:]
   ours, theirs = _metrics(workdir), _metrics(one)
