@@ -21,7 +21,9 @@ def main(argv):
   del argv
   from eiw_jax import train_lib  # pylint: disable=g-import-not-at-top
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if result.get('step') == _CONFIG.value.train.num_steps and 'test_bpd' in result:
+  import jax  # pylint: disable=g-import-not-at-top
+  if (result.get('step') == _CONFIG.value.train.num_steps and 'test_bpd' in result
+      and jax.process_index() == 0):
     print(f'final test bits/dim: {result["test_bpd"]:.4f} (workdir {_WORKDIR.value})')
 
 

@@ -153,9 +153,6 @@ def validate(config) -> None:
   dtype = m.get('compute_dtype', 'float32')  # configs saved before the key existed
   if dtype not in _COMPUTE_DTYPES:
     raise UserError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-  if dtype != 'float32' and m.backbone != 'glow':
-    raise UserError(f'model.compute_dtype={dtype} is supported by the glow backbone only; '
-                    'set --config.model.compute_dtype=float32')
 
 
 def _positive_int(value) -> bool:
@@ -221,7 +218,7 @@ def build(config) -> EIWFlow:
                              invertible_grad=m.invertible_grad, **step)
   else:
     body = functools.partial(_denseflow_body, lu=m.lu, log_scale_bound=m.log_scale_bound,
-                             invertible_grad=m.invertible_grad,
+                             invertible_grad=m.invertible_grad, dtype=dtype,
                              **m.denseflow.to_dict())
   flow = MultiScaleFlow(
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,
@@ -236,7 +233,7 @@ def build(config) -> EIWFlow:
   if m.dequantizer == 'uniform':
     dequantizer = UniformDequantizer()
   elif m.backbone == 'denseflow':
-    dequantizer = DenseFlowDequantizer(**m.denseflow.dequant.to_dict())
+    dequantizer = DenseFlowDequantizer(**m.denseflow.dequant.to_dict(), dtype=dtype)
   else:
     dequantizer = VariationalDequantizer(num_steps=m.dequant_steps, hidden=m.dequant_hidden,
                                          dtype=dtype)

@@ -37,6 +37,10 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
       keep_checkpoints=3, seed=0, eval_examples=1000, num_samples=64, sample_temperature=0.8,
       max_nonfinite_steps=20,   # stop after this many non-finite steps in a row
       distributed=False,        # jax.distributed.initialize() (multi-host TPU / GPU)
+      coordinator_address='',   # with distributed: 'host:port' of process 0; '' = JAX detects
+      num_processes=0,          # with coordinator_address: the number of processes
+      process_id=-1,            # with coordinator_address: this process, 0 .. num_processes-1
+      heartbeat_timeout_s=100,  # with distributed: a silent process counts as dead after this
   ))
   cfg.eval = ml_collections.ConfigDict(dict(
       batch_size=256, num_examples=0, iw_samples=0,

@@ -26,11 +26,19 @@ draws eta from the 'noise' rng stream (pass `rngs={'noise': key}` to `init` and
 `apply`), unless the noise is given explicitly with the `noise` argument. The
 inverse needs no randomness: eta is recovered from eta_hat and the context.
 The dequantizer draws from the 'dequant' stream.
+
+Precision: `dtype` (None: float32; jnp.bfloat16 for `model.compute_dtype=
+'bfloat16'`) is the compute dtype of the coupling networks (their attention
+included), the cross-unit nets and the dequantizer's networks. Their features
+are cast back to float32 before the zero-initialised output convs, so the
+parameters, shifts, log-scales, the invertible maps, the log-determinants and
+the loss are float32; the inverse recomputes the same bfloat16 features from
+the same inputs, so round trips stay exact to float32 rounding.
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,13 +90,14 @@ class DenseFlowModule(Bijector):
   newton_iters: int = 6
   lu: bool = False
   log_scale_bound: float = 2.0
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, inverse=False, **unused):
     net = functools.partial(
         DenseCouplingNet, hidden=self.hidden, dense_growth=self.dense_growth,
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
-        newton_iters=self.newton_iters)
+        newton_iters=self.newton_iters, dtype=self.dtype)
     layers = [
         ActNorm(name='actnorm'),
         InvConv1x1(lu=self.lu, name='invconv'),
@@ -121,6 +130,7 @@ class CrossUnitCoupling(Bijector):
   growth: int = 10
   cross_hidden_mult: int = 4
   log_scale_bound: float = 2.0
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, inverse=False, context: Optional[jnp.ndarray] = None,
@@ -128,10 +138,11 @@ class CrossUnitCoupling(Bijector):
     if context is None:
       raise ValueError('CrossUnitCoupling needs the `context` it conditions on')
     g = self.growth
-    h = Conv(self.cross_hidden_mult * context.shape[-1], 3,
+    h = Conv(self.cross_hidden_mult * context.shape[-1], 3, dtype=self.dtype,
              name='hidden')(context)                    # [B, H, W, 4 C_ctx]
+    h = nn.relu(h).astype(jnp.promote_types(x.dtype, jnp.float32))
     out = Conv(2 * g, 1, kernel_init=nn.initializers.zeros,
-               name='out')(nn.relu(h))                   # [B, H, W, 2g]
+               name='out')(h)                            # [B, H, W, 2g]
     mu, raw = out[..., :g], out[..., g:]
     log_s = self.log_scale_bound * jnp.tanh(raw / self.log_scale_bound)
     if inverse:
@@ -169,19 +180,20 @@ class DenseFlowScale(Bijector):
   lu: bool = False
   log_scale_bound: float = 2.0
   invertible_grad: bool = False
+  dtype: Optional[Any] = None
 
   def _unit(self, i, x, inverse):
     module = functools.partial(
         DenseFlowModule, hidden=self.hidden, dense_growth=self.dense_growth,
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
         newton_iters=self.newton_iters, lu=self.lu,
-        log_scale_bound=self.log_scale_bound)
+        log_scale_bound=self.log_scale_bound, dtype=self.dtype)
     return Repeat(module, self.num_modules, self.invertible_grad, name=f'unit{i}')(
         x, inverse=inverse)
 
   def _cross(self, i):
     return CrossUnitCoupling(self.growth, self.cross_hidden_mult,
-                             self.log_scale_bound, name=f'cross{i}')
+                             self.log_scale_bound, self.dtype, name=f'cross{i}')
 
   @nn.compact
   def __call__(self, x, inverse=False, noise: Optional[Sequence[jnp.ndarray]] = None,
@@ -229,13 +241,16 @@ class _DequantCouplingNet(nn.Module):
   hidden: int = 64
   depth: int = 4
   growth: int = 64
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, context=None):
+    x = x.astype(self.dtype or jnp.float32)
     if context is not None:
       x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-    h = Conv(self.hidden, 1, name='in')(x)          # [B, H/2, W/2, hidden]
-    return h + DenseBlock(self.hidden, self.depth, self.growth, name='dense')(h)
+    h = Conv(self.hidden, 1, dtype=self.dtype, name='in')(x)   # [B, H/2, W/2, hidden]
+    return h + DenseBlock(self.hidden, self.depth, self.growth, dtype=self.dtype,
+                          name='dense')(h)
 
 
 class DenseFlowDequantizer(nn.Module):
@@ -261,17 +276,18 @@ class DenseFlowDequantizer(nn.Module):
   context_growth: int = 16
   lu: bool = False
   log_scale_bound: float = 2.0
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, num_bits: int, eps: Optional[jnp.ndarray] = None):
     b, h, w, c = x.shape
     xf = 2.0 * x.astype(jnp.float32) / (2 ** num_bits - 1) - 1.0
-    ctx = DenseBlock(self.hidden, self.context_depth, self.context_growth,
+    ctx = DenseBlock(self.hidden, self.context_depth, self.context_growth, dtype=self.dtype,
                      name='context_in')(xf)             # [B, H, W, hidden]
-    ctx = nn.Conv(self.hidden, (2, 2), strides=(2, 2), padding='VALID',
+    ctx = nn.Conv(self.hidden, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype,
                   name='context_down')(ctx)             # [B, H/2, W/2, hidden]
     ctx = DenseBlock(self.context_channels, self.context_depth, self.context_growth,
-                     name='context_out')(ctx)           # [B, H/2, W/2, ctx]
+                     dtype=self.dtype, name='context_out')(ctx)  # [B, H/2, W/2, ctx]
 
     shape = (b, h // 2, w // 2, 4 * c)
     if eps is None:
@@ -281,7 +297,7 @@ class DenseFlowDequantizer(nn.Module):
     z = loc + jnp.exp(log_scale) * eps                  # [B, H/2, W/2, 4C]
     log_q = standard_normal_logpdf(eps) - jnp.sum(log_scale) * (h // 2) * (w // 2)
     net = functools.partial(_DequantCouplingNet, hidden=self.hidden,
-                            depth=self.depth, growth=self.growth)
+                            depth=self.depth, growth=self.growth, dtype=self.dtype)
     for s in range(self.num_steps):
       z, logdet = InvConv1x1(lu=self.lu, name=f'invconv{s}')(z)
       log_q = log_q - logdet

@@ -26,11 +26,17 @@ statistics to carry.
 variational dequantizer (`eiw_jax.denseflow.DenseFlowDequantizer`).
 
 Convolutions use `eiw_jax.nets.Conv` (fast backward passes inside lax.scan on CPU).
+
+Precision. `dtype` (None: float32; e.g. jnp.bfloat16) is the compute dtype of
+every convolution, the attention and the normalisation; parameters stay
+float32. The attention's landmark pseudo-inverse (an M x M Newton iteration,
+M = 4) runs in float32 whatever `dtype`: its iteration loses its accuracy in
+bfloat16, and it is tiny.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,17 +57,19 @@ class DenseBlock(nn.Module):
   depth: int = 7
   growth: int = 64
   gated: bool = True
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
+    x = x.astype(self.dtype or jnp.float32)
     for i in range(self.depth):
       w = x.shape[-1]
-      h = nn.relu(Conv(w, 1, name=f'layer{i}_1x1')(x))
-      h = nn.relu(Conv(self.growth, 3, name=f'layer{i}_3x3')(h))
+      h = nn.relu(Conv(w, 1, dtype=self.dtype, name=f'layer{i}_1x1')(x))
+      h = nn.relu(Conv(self.growth, 3, dtype=self.dtype, name=f'layer{i}_3x3')(h))
       x = jnp.concatenate([x, h], axis=-1)           # [B, H, W, w + growth]
     if not self.gated:
-      return Conv(self.features, 1, name='out')(x)
-    h = Conv(3 * self.features, 1, name='gate')(x)   # [B, H, W, 3F]
+      return Conv(self.features, 1, dtype=self.dtype, name='out')(x)
+    h = Conv(3 * self.features, 1, dtype=self.dtype, name='gate')(x)   # [B, H, W, 3F]
     a, b, c = jnp.split(h, 3, axis=-1)
     return a + b * nn.sigmoid(c)                      # [B, H, W, F]
 
@@ -94,6 +102,7 @@ class NystromAttention(nn.Module):
   embed: int = 24
   num_landmarks: int = 4
   newton_iters: int = 6
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
@@ -101,15 +110,16 @@ class NystromAttention(nn.Module):
     n, e, m = h * w, self.embed, self.num_landmarks
     if n % m:
       raise ValueError(f'{n} tokens do not split into {m} landmark segments')
-    qkv = Conv(3 * e, 1, name='qkv')(x).reshape(b, n, 3 * e)
+    qkv = Conv(3 * e, 1, dtype=self.dtype, name='qkv')(x).reshape(b, n, 3 * e)
     q, k, v = jnp.split(qkv, 3, axis=-1)              # [B, N, E] each
     q_l = q.reshape(b, m, n // m, e).mean(axis=2) / math.sqrt(n)   # [B, M, E]
     k_l = k.reshape(b, m, n // m, e).mean(axis=2) / math.sqrt(n)   # [B, M, E]
     k1 = jax.nn.softmax(jnp.einsum('bie,bje->bij', q, k_l), axis=-2)    # [B, N, M]
     k2 = jax.nn.softmax(jnp.einsum('bie,bje->bij', q_l, k_l), axis=-2)  # [B, M, M]
     k3 = jax.nn.softmax(jnp.einsum('bie,bje->bij', q_l, k), axis=-2)    # [B, M, N]
-    out = (k1 @ newton_pinv(k2, self.newton_iters)) @ (k3 @ v) + v      # [B, N, E]
-    return Conv(c, 1, name='out')(out.reshape(b, h, w, e))      # [B, H, W, C]
+    pinv = newton_pinv(k2.astype(jnp.float32), self.newton_iters).astype(k2.dtype)
+    out = (k1 @ pinv) @ (k3 @ v) + v                                    # [B, N, E]
+    return Conv(c, 1, dtype=self.dtype, name='out')(out.reshape(b, h, w, e))  # [B, H, W, C]
 
 
 class DenseCouplingNet(nn.Module):
@@ -125,15 +135,18 @@ class DenseCouplingNet(nn.Module):
   num_landmarks: int = 4
   newton_iters: int = 6
   norm_eps: float = 1e-5
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, context: Optional[jnp.ndarray] = None):
+    x = x.astype(self.dtype or jnp.float32)
     if context is not None:
       x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-    x = Conv(self.hidden, 1, name='in')(x)    # [B, H, W, hidden]
+    x = Conv(self.hidden, 1, dtype=self.dtype, name='in')(x)    # [B, H, W, hidden]
     att = NystromAttention(self.embed, self.num_landmarks, self.newton_iters,
-                           name='attention')(x)
-    dense = DenseBlock(self.hidden, self.depth, self.dense_growth, name='dense')(x)
+                           dtype=self.dtype, name='attention')(x)
+    dense = DenseBlock(self.hidden, self.depth, self.dense_growth, dtype=self.dtype,
+                       name='dense')(x)
     h = jnp.concatenate([att, dense], axis=-1)       # [B, H, W, 2 * hidden]
-    h = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, name='norm')(h)
-    return Conv(self.hidden, 1, use_bias=False, name='mix')(nn.relu(h))
+    h = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, dtype=self.dtype, name='norm')(h)
+    return Conv(self.hidden, 1, use_bias=False, dtype=self.dtype, name='mix')(nn.relu(h))

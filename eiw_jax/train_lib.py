@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any, Optional
@@ -26,7 +25,7 @@ import optax
 import tqdm
 
 from eiw_jax import api, checkpoint, config_lib, data, sharding
-from eiw_jax import resume, shuffle
+from eiw_jax import multihost, resume, shuffle
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, validate
 from eiw_jax.checkpoint import Checkpointer
@@ -272,28 +271,6 @@ def log(msg: str) -> None:
     tqdm.tqdm.write(msg, file=sys.stderr)
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
-    return self
-
-  def _handle(self, *unused):
-    self.requested = True
-
-  def __exit__(self, *unused):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _check_streak(step: int, streak, limit: int) -> None:
   """Raises once `limit` non-finite steps in a row end at `step`."""
   streak = int(streak)
@@ -321,7 +298,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   config_lib.validate_run(config)
   if config.train.distributed:
-    jax.distributed.initialize()
+    multihost.initialize(config.train)
   trainer = Trainer(config, workdir)
   train_split = data.load_split(config.data, 'train')
   test_split = data.load_split(config.data, 'test')  # fail now, not at the first eval
@@ -370,7 +347,8 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
   pending = None  # (step, streak) of the previous step, checked one step late
   failed = False
   try:
-    with _Preemption() as preemption:
+    watchdog = multihost.Watchdog(t.get('heartbeat_timeout_s', 100) / 2)  # several processes
+    with multihost.Preemption() as preemption, watchdog:
       for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         batch = trainer.global_batch(next(batches))
@@ -382,7 +360,8 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         pending = (step, metrics['nonfinite_streak'])
         eval_due = step % t.eval_every == 0 or step == total
         log_due = eval_due or step % t.log_every == 0
-        save_due = step % t.checkpoint_every == 0 or step == total or preemption.requested
+        stop = preemption.requested(step)
+        save_due = step % t.checkpoint_every == 0 or step == total or stop
         if log_due or save_due:  # these wait for the step anyway: check it first
           _check_streak(*pending, t.max_nonfinite_steps)
           pending = None
@@ -390,10 +369,14 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
           last = monitor.log(step, metrics, monitor.evaluate(step, state) if eval_due else {})
         if save_due:
           ckpt.save(step, state, force=True)
-        if preemption.requested:
+        if stop:
           ckpt.wait()
           log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
           break
+  except jax.errors.JaxRuntimeError as e:
+    failed = True
+    multihost.exit_on_peer_failure(e)  # several processes: one line, exit 1
+    raise
   except BaseException:
     failed = True
     raise

@@ -107,8 +107,9 @@ class Monitor:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       save_grid(np.asarray(jax.device_get(samples)), path, self.config.data.num_bits)
       result['sample_grid'] = path
-    self.pbar.write(f'step {step}: test bpd {result["test_bpd"]:.4f} '
-                    f'({time.perf_counter() - t0:.1f}s)', file=sys.stderr)
+    if self.is_main:
+      self.pbar.write(f'step {step}: test bpd {result["test_bpd"]:.4f} '
+                      f'({time.perf_counter() - t0:.1f}s)', file=sys.stderr)
     # The eval time must not count against the training images/s.
     self._last_time += time.perf_counter() - t0
     return result

@@ -310,3 +310,18 @@ def test_dequantizer_log_q_matches_jacobian(dequant_setup):
   # The context matters: another image gives another u for the same eps.
   u_other, _ = apply(v, x[1:], eps=eps)
   assert float(jnp.max(jnp.abs(u_other - u))) > 1e-3
+
+
+def test_dequantizer_bfloat16_keeps_u_and_log_q_float32(dequant_setup):
+  """dtype=bfloat16: the context and coupling nets compute in bfloat16 on the same
+  float32 parameters; u and log q stay float32 and close to the float32 values."""
+  apply, v, x = dequant_setup
+  bf16 = DenseFlowDequantizer(**TINY_DEQUANT, dtype=jnp.bfloat16)
+  eps = normal(18, (2, 2, 2, 12))
+  jaxpr = str(jax.make_jaxpr(lambda v: bf16.apply(v, x, 3, eps=eps))(v))
+  assert 'bf16[2,4,4,8]' in jaxpr  # the context net's features (hidden=8)
+  (u32, lq32), (u16, lq16) = apply(v, x, eps=eps), jax.jit(
+      lambda v: bf16.apply(v, x, 3, eps=eps))(v)
+  assert u16.dtype == lq16.dtype == jnp.float32
+  np.testing.assert_allclose(lq16, lq32, rtol=1e-2)
+  np.testing.assert_allclose(u16, u32, atol=2e-2)

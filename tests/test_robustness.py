@@ -305,6 +305,12 @@ BAD_INPUT = {
     'ema_decay': (lambda c, t: c.optim.update(ema_decay=1.0), ['optim.ema_decay must be in [0, 1)']),
     'compute_dtype': (lambda c, t: c.model.update(compute_dtype='float16'),
                       ["model.compute_dtype must be 'float32' or 'bfloat16'"]),
+    'coordinator_alone': (lambda c, t: c.train.update(distributed=True,
+                                                      coordinator_address='localhost:1234'),
+                          ['go together', '--config.train.num_processes=2']),
+    'process_id': (lambda c, t: c.train.update(distributed=True, coordinator_address='h:1',
+                                               num_processes=2, process_id=2),
+                   ['train.process_id=2 must be below train.num_processes=2']),
 }
 
 
