@@ -8,6 +8,7 @@ import difflib
 
 import ml_collections
 
+from eiw_jax import augment
 from eiw_jax.builder import denseflow_config, model_config
 from eiw_jax.errors import UserError
 from eiw_jax.losses import kl_scale
@@ -20,10 +21,13 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
   cfg.model = model_config(**model)
   cfg.data = ml_collections.ConfigDict(dict(
       name=name, source='auto', dir='', download=False, image_size=image_size,
-      channels=channels, num_bits=8, batch_size=batch_size, num_synthetic=512))
+      channels=channels, num_bits=8, batch_size=batch_size, num_synthetic=512,
+      augment='none'))      # training-set augmentation (eiw_jax/augment.py)
   cfg.optim = ml_collections.ConfigDict(dict(
       name='adamax',        # DenseFlow's optimiser; 'adam' is the paper's wording
       lr=1e-3, warmup_steps=5000, b1=0.9, b2=0.999,
+      finetune_after=0,     # from this step on the flow's rate is finetune_lr; 0 = never
+      finetune_lr=2e-5,     # DenseFlow's fine-tuning rate (eiw_jax/schedule.py)
       grad_clip=0.0,        # global-norm clipping; 0 = off
       ema_decay=0.0,        # EMA of the parameters (used for eval when > 0); 0 = off
       shuffle_optimizer='sgd',  # the solver / oracle statistics: own SGD ('sgd') or 'shared'
@@ -81,6 +85,7 @@ def validate_run(cfg) -> None:
     if not isinstance(t[key], int) or t[key] < 1:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
                       f'set --config.train.{key}')
+  augment.check(cfg.data.get('augment', 'none'))
   if not cfg.data.batch_size >= 1:
     raise UserError(f'data.batch_size must be >= 1, got {cfg.data.batch_size}; '
                     'set --config.data.batch_size')
@@ -92,9 +97,12 @@ def validate_run(cfg) -> None:
   for key in ('b1', 'b2', 'ema_decay'):
     if not 0 <= o[key] < 1:
       raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')
-  for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after'):
+  for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after', 'finetune_after'):
     if not o[key] >= 0:
       raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set --config.optim.{key}')
+  if not o.finetune_lr > 0:
+    raise UserError(f'optim.finetune_lr must be > 0, got {o.finetune_lr}; '
+                    'set --config.optim.finetune_lr=2e-5')
   check_shuffle_rates(cfg)
 
 

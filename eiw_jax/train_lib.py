@@ -31,6 +31,7 @@ from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 from eiw_jax.model import EIWFlow
+from eiw_jax.schedule import flow_lr_schedule
 
 
 @flax.struct.dataclass
@@ -60,7 +61,8 @@ def _shuffle_label(path, unused_leaf) -> str:
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
-  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip.
+  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip,
+  and an optional fine-tuning phase at `optim.finetune_lr` (`eiw_jax.schedule`).
 
   With `optim.shuffle_optimizer='sgd'` (the default) the Shuffle's solver and the
   oracle's statistics are updated by plain SGD of their own, at `optim.shuffle_lr`
@@ -73,8 +75,7 @@ def make_optimizer(optim) -> optax.GradientTransformation:
   normalised solver input at init). 'shared' puts them on the flow's optimiser
   (the behaviour of runs saved before the option existed).
   """
-  warmup = max(int(optim.warmup_steps), 1)
-  schedule = lambda step: optim.lr * jnp.minimum(1.0, (step + 1) / warmup)
+  schedule = flow_lr_schedule(optim)
   if optim.name == 'adamax':
     opt = optax.adamax(schedule, b1=optim.b1, b2=optim.b2)
   elif optim.name == 'adam':
@@ -195,7 +196,8 @@ class Trainer:
   def batches(self, split: data.Split, start_step: int):
     return data.batches(split, self.config.data.batch_size, seed=self.config.train.seed,
                         start_step=start_step, process_index=jax.process_index(),
-                        process_count=jax.process_count())
+                        process_count=jax.process_count(),
+                        augment=self.config.data.get('augment', 'none'))
 
   def init_or_restore(self, ckpt: Checkpointer, train_split: data.Split) -> TrainState:
     restored = ckpt.restore(self.abstract_state())
