@@ -146,6 +146,21 @@ def denseflow_base(*, name: str, image_size: int, batch_size: int,
   return cfg
 
 
+def paper_training(cfg, *, train_size: int, epochs: int, finetune_epochs: int,
+                   augment: str, iw_samples: int) -> None:
+  """DenseFlow's recipe in place: `epochs` at optim.lr, then `finetune_epochs` at 2e-5.
+
+  An epoch is train_size // batch_size steps (the pipeline drops the incomplete
+  last batch). Evaluation (eval.py --mode=bpd) also reports the importance-weighted
+  bound with `iw_samples` dequantization draws.
+  """
+  per_epoch = train_size // cfg.data.batch_size
+  cfg.train.num_steps = (epochs + finetune_epochs) * per_epoch
+  cfg.optim.update(finetune_after=epochs * per_epoch, finetune_lr=2e-5)
+  cfg.data.augment = augment
+  cfg.eval.iw_samples = iw_samples
+
+
 def tiny_denseflow(cfg, *, units=(2, 2, 1), modules=(1, 1, 1), hidden=8, depth=1,
                    dense_growth=4, growth=2, dequant_hidden=8) -> None:
   """Shrinks a DenseFlow config in place (same structure, tiny widths)."""
@@ -163,8 +178,12 @@ def denseflow_small(cfg) -> None:
                  dense_growth=16, growth=4, dequant_hidden=16)
   cfg.data.batch_size = 16
   cfg.optim.warmup_steps = 200
+  if cfg.optim.finetune_after:
+    cfg.optim.finetune_after = 1900  # the last 5% fine-tuned, as DenseFlow on CIFAR-10
   cfg.train.update(num_steps=2000, log_every=50, eval_every=1000, checkpoint_every=500,
                    eval_examples=256)
+  if cfg.eval.iw_samples:
+    cfg.eval.iw_samples = 8  # a CPU-friendly k
 
 
 def glow_small(cfg) -> None:
@@ -185,11 +204,15 @@ def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     tiny_denseflow(cfg)
   cfg.data.batch_size = 8
   cfg.optim.warmup_steps = 2
+  if cfg.optim.finetune_after:
+    cfg.optim.finetune_after = 3  # the last of the 4 steps is fine-tuned
   cfg.train.update(num_steps=4, log_every=2, eval_every=4, checkpoint_every=2, eval_examples=16,
                    num_samples=4)
   cfg.eval.update(batch_size=8, num_examples=16, num_samples=4, num_pairs=2,
                   interpolation_steps=3, entropy_examples=16, channels_top=2, speed_batch_size=4,
                   speed_iters=1, fid_num_samples=16)
+  if cfg.eval.iw_samples:
+    cfg.eval.iw_samples = 2
   return cfg
 
 

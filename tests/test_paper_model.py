@@ -43,6 +43,35 @@ def test_cifar10_config_builds_the_papers_parameter_counts():
   assert abs(counts['params_vanilla'] - 130.65e6) / 130.65e6 < 0.003
 
 
+# DenseFlow's README: (training images, batch, epochs at 1e-3, epochs in all with the
+# fine-tuning at 2e-5, augmentation); DESIGN §2: the importance-weighted k.
+RECIPES = {'cifar10': (50_000, 64, 400, 420, 'flip_translate', 1000),
+           'imagenet32': (1_281_167, 64, 20, 22, 'flip_translate', 200),
+           'imagenet64': (1_281_167, 32, 10, 11, 'flip_translate', 200),
+           'celeba': (162_770, 32, 50, 55, 'flip', 200)}
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_paper_configs_train_denseflows_recipe(name):
+  n, batch, epochs, total, augment, k = RECIPES[name]
+  cfg = load_config(name)
+  per_epoch = n // batch
+  assert cfg.data.batch_size == batch and cfg.data.augment == augment
+  assert cfg.optim.finetune_after == epochs * per_epoch and cfg.optim.finetune_lr == 2e-5
+  assert cfg.train.num_steps == total * per_epoch and cfg.eval.iw_samples == k
+  config_lib.validate_run(cfg)
+  # The docstring states the arithmetic with the config's own numbers.
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for value in (per_epoch, cfg.optim.finetune_after, cfg.train.num_steps, k):
+    assert f'{value:,}' in module.__doc__, (name, value)
+  for arg in ('small', 'smoke'):  # CPU-sized: fine-tuning and k kept, but small
+    small = load_config(name, arg)
+    assert 0 < small.optim.finetune_after < small.train.num_steps
+    assert 0 < small.eval.iw_samples <= 8
+
+
 @pytest.fixture(scope='module')
 def tiny():
   cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
