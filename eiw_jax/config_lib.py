@@ -137,12 +137,12 @@ def check_shuffle_rates(cfg) -> None:
         f'{4 / weight:.3g}')
 
 
-def denseflow_base(*, name: str, image_size: int, batch_size: int,
-                   train_steps: int) -> ml_collections.ConfigDict:
+def denseflow_base(*, name: str, image_size: int, batch_size: int, train_steps: int,
+                   channels: int = 3, num_scales: int = 3) -> ml_collections.ConfigDict:
   """The paper's model: DenseFlow-74-10 with the Shuffle at its transitions."""
-  cfg = base_config(name=name, image_size=image_size, channels=3, batch_size=batch_size,
-                    train_steps=train_steps)
-  cfg.model = denseflow_config()
+  cfg = base_config(name=name, image_size=image_size, channels=channels,
+                    batch_size=batch_size, train_steps=train_steps)
+  cfg.model = denseflow_config(num_scales=num_scales)
   return cfg
 
 
@@ -201,7 +201,8 @@ def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: for tests and CI (seconds on a CPU)."""
   cfg.model.update(num_steps=1, hidden=8, shuffle_reduction=4, dequant_steps=1, dequant_hidden=8)
   if cfg.model.backbone == 'denseflow':
-    tiny_denseflow(cfg)
+    k = cfg.model.num_scales
+    tiny_denseflow(cfg, units=(2,) * (k - 1) + (1,), modules=(1,) * k)
   cfg.data.batch_size = 8
   cfg.optim.warmup_steps = 2
   if cfg.optim.finetune_after:

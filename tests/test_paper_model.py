@@ -72,6 +72,25 @@ def test_paper_configs_train_denseflows_recipe(name):
     assert 0 < small.eval.iw_samples <= 8
 
 
+def test_mnist_config_has_the_papers_mnist_settings():
+  cfg = load_config('mnist')
+  m = cfg.model
+  assert (m.backbone, m.num_scales, m.dequantizer, m.shuffle, m.kl_weight) == (
+      'denseflow', 2, 'variational', True, 1e-3)  # paper §6.2: K = 2, else as the others
+  assert (cfg.data.image_size, cfg.data.augment, cfg.eval.iw_samples) == (28, 'none', 1000)
+  assert cfg.train.num_steps == 105 * (60_000 // 64)
+  config_lib.validate_run(cfg)
+  for arg in ('small', 'smoke'):
+    small = load_config('mnist', arg)
+    config_lib.validate_run(small)
+    assert small.model.backbone == 'denseflow' and len(small.model.denseflow.units) == 2
+  # 28x28 -> 14x14 -> 7x7 without padding: both scales' tokens split into the landmarks.
+  model = eiw_jax.build(load_config('mnist', 'smoke'))
+  variables = jax.eval_shape(lambda: eiw_jax.init(model, jax.random.key(0),
+                                                  jnp.zeros((2, 28, 28, 1), jnp.int32)))
+  assert jax.tree.leaves(variables)
+
+
 @pytest.fixture(scope='module')
 def tiny():
   cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
