@@ -157,3 +157,56 @@ def test_tiny_denseflow_training_step_runs(tiny):
   state, metrics = trainer._step(state, batch)  # pylint: disable=protected-access
   assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
   assert float(metrics['grad_norm']) > 0
+
+
+def test_tiny_denseflow_batch_norm_trains_checkpoints_and_evaluates_per_example(tiny, tmp_path):
+  """model.denseflow.norm='batch': the training step updates the running averages
+  (in consts), checkpoints carry them, and evaluation uses them (per example)."""
+  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  cfg = tiny[0].copy_and_resolve_references()
+  cfg.model.denseflow.norm = 'batch'
+  cfg.data.update(source='synthetic', num_synthetic=8, batch_size=4)
+  trainer = train_lib.Trainer(cfg, workdir='')
+  x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3))
+  batch = trainer.global_batch(x)
+  state = trainer._init(jax.random.key(0), batch)  # pylint: disable=protected-access
+  stats = lambda s: {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(s.consts)
+                     if 'norm' in jax.tree_util.keystr(k)}  # copies: the step donates the state
+  before = stats(state)
+  assert len(before) == 2 * 3  # mean and var of the coupling nets of 3 units
+  state, metrics = trainer._step(state, batch)  # pylint: disable=protected-access
+  assert np.isfinite(float(metrics['loss']))
+  after = stats(state)
+  assert all(np.max(np.abs(after[k] - before[k])) > 1e-6 for k in before)
+  with Checkpointer(str(tmp_path), config=cfg) as ckpt:
+    ckpt.save(1, state, force=True)
+    ckpt.wait()
+    restored, _ = ckpt.restore(trainer.abstract_state())
+  for k, v in stats(restored).items():
+    np.testing.assert_array_equal(v, after[k])
+  # Evaluation: an image's log-density does not depend on the rest of its batch.
+  model, v = trainer.model, restored.variables()
+  y = eiw_jax.to_continuous(jnp.asarray(x), 8)
+  eta = jax.random.normal(jax.random.key(4), (4, 4, 4, 2))
+  logdet = jax.jit(lambda v, y, e: _encode(model, v, y, [[e], None])[1])
+  other = np.array([2, 3, 3, 2])  # another batch of the same size holding images 2 and 3
+  ld_all, ld_other = logdet(v, y, eta), logdet(v, y[other], eta[other])
+  np.testing.assert_allclose(ld_all[2:], ld_other[:2], rtol=1e-5, atol=1e-3)
+
+
+def test_configs_saved_before_the_norm_key_resume_as_group_norm(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from eiw_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  cfg = load_config('cifar10', 'smoke')
+  old = json.loads(json.dumps(cfg.to_dict()))
+  del old['model']['denseflow']['norm']  # as written before the key existed
+  with Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(old)) as ckpt:
+    ckpt.save(1, {'w': jnp.ones(3)}, force=True)
+  Checkpointer(str(tmp_path), config=cfg).close()  # 'group' is what it meant
+  cfg.model.denseflow.norm = 'batch'
+  with pytest.raises(UserError, match='model.denseflow.norm'):
+    Checkpointer(str(tmp_path), config=cfg)
+  cfg.model.invertible_grad = True
+  with pytest.raises(UserError, match='invertible_grad'):
+    eiw_jax.build(cfg)
