@@ -40,7 +40,7 @@ from eiw_jax.shuffle.base import FIT_COLLECTION
 class TrainState:
   step: jax.Array              # int32 [], number of batches consumed
   params: Any
-  consts: Any                  # non-trainable (LU permutation and signs)
+  consts: Any                  # non-trainable (LU permutation and signs, BatchNorm averages)
   opt_state: Any
   ema_params: Any              # EMA of params, or None when off
   rng: jax.Array               # typed PRNG key; step keys are fold_in(rng, step)
