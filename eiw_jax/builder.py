@@ -62,7 +62,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 # Keys added after configs were first saved, whose absence (a config.json written
 # before they existed) means the behaviour of that time, not today's default.
 LEGACY_VALUES = {'model.shuffle_mode': 'kl', 'model.solver_input': 'count',
-                 'model.shuffle_refresh_every': 1, 'optim.shuffle_optimizer': 'shared'}
+                 'model.shuffle_refresh_every': 1, 'optim.shuffle_optimizer': 'shared',
+                 'model.denseflow.norm': 'group'}
+NORMS = ('group', 'batch')
 SHUFFLE_MODES = ('likelihood', 'kl', 'random', 'oracle')
 # Model keys that old saved configs may lack (LEGACY_VALUES, or read with .get).
 LEGACY_KEYS = {name.split('.')[1] for name in LEGACY_VALUES if name.startswith('model.')} | {
@@ -127,6 +129,14 @@ def validate(config) -> None:
   if m.backbone == 'denseflow' and len(m.denseflow.units) != m.num_scales:
     raise UserError(f'model.denseflow.units has {len(m.denseflow.units)} scales but '
                     f'model.num_scales={m.num_scales}; make them agree')
+  if m.backbone == 'denseflow':
+    norm = m.denseflow.get('norm', 'group')
+    if norm not in NORMS:
+      raise UserError(f"model.denseflow.norm must be 'group' or 'batch', got {norm!r}; "
+                      "set --config.model.denseflow.norm=group")
+    if norm == 'batch' and m.invertible_grad:
+      raise UserError("model.denseflow.norm='batch' needs the stored activations of ordinary "
+                      'backprop; set --config.model.invertible_grad=False')
   if m.coupling not in ('affine', 'additive'):
     raise UserError(f"model.coupling must be 'affine' or 'additive', got {m.coupling!r}")
   if m.dequantizer not in ('uniform', 'variational'):
@@ -202,6 +212,13 @@ def denseflow_config(**overrides) -> ml_collections.ConfigDict:
   cfg.denseflow = ml_collections.ConfigDict(denseflow_74_10())
   cfg.update(overrides)
   return cfg
+
+
+def uses_batch_stats(config) -> bool:
+  """True when the model keeps batch statistics (model.denseflow.norm='batch'): the
+  training step then applies it with the 'consts' collection mutable."""
+  m = config.model
+  return m.backbone == 'denseflow' and m.denseflow.get('norm', 'group') == 'batch'
 
 
 def build(config) -> EIWFlow:

@@ -8,6 +8,7 @@ import difflib
 
 import ml_collections
 
+from eiw_jax import augment
 from eiw_jax.builder import denseflow_config, model_config, validate
 from eiw_jax.errors import UserError
 from eiw_jax.losses import kl_scale
@@ -20,10 +21,13 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
   cfg.model = model_config(**model)
   cfg.data = ml_collections.ConfigDict(dict(
       name=name, source='auto', dir='', download=False, image_size=image_size,
-      channels=channels, num_bits=8, batch_size=batch_size, num_synthetic=512))
+      channels=channels, num_bits=8, batch_size=batch_size, num_synthetic=512,
+      augment='none'))      # training-set augmentation (eiw_jax/augment.py)
   cfg.optim = ml_collections.ConfigDict(dict(
       name='adamax',        # DenseFlow's optimiser; 'adam' is the paper's wording
       lr=1e-3, warmup_steps=5000, b1=0.9, b2=0.999,
+      finetune_after=0,     # from this step on the flow's rate is finetune_lr; 0 = never
+      finetune_lr=2e-5,     # DenseFlow's fine-tuning rate (eiw_jax/schedule.py)
       grad_clip=0.0,        # global-norm clipping; 0 = off
       ema_decay=0.0,        # EMA of the parameters (used for eval when > 0); 0 = off
       shuffle_optimizer='sgd',  # the solver / oracle statistics: own SGD ('sgd') or 'shared'
@@ -86,6 +90,7 @@ def validate_run(cfg) -> None:
     if not isinstance(t[key], int) or t[key] < 1:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
                       f'set --config.train.{key}')
+  augment.check(cfg.data.get('augment', 'none'))
   if not cfg.data.batch_size >= 1:
     raise UserError(f'data.batch_size must be >= 1, got {cfg.data.batch_size}; '
                     'set --config.data.batch_size')
@@ -97,9 +102,12 @@ def validate_run(cfg) -> None:
   for key in ('b1', 'b2', 'ema_decay'):
     if not 0 <= o[key] < 1:
       raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')
-  for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after'):
+  for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after', 'finetune_after'):
     if not o[key] >= 0:
       raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set --config.optim.{key}')
+  if not o.finetune_lr > 0:
+    raise UserError(f'optim.finetune_lr must be > 0, got {o.finetune_lr}; '
+                    'set --config.optim.finetune_lr=2e-5')
   check_shuffle_rates(cfg)
 
 
@@ -134,13 +142,28 @@ def check_shuffle_rates(cfg) -> None:
         f'{4 / weight:.3g}')
 
 
-def denseflow_base(*, name: str, image_size: int, batch_size: int,
-                   train_steps: int) -> ml_collections.ConfigDict:
+def denseflow_base(*, name: str, image_size: int, batch_size: int, train_steps: int,
+                   channels: int = 3, num_scales: int = 3) -> ml_collections.ConfigDict:
   """The paper's model: DenseFlow-74-10 with the Shuffle at its transitions."""
-  cfg = base_config(name=name, image_size=image_size, channels=3, batch_size=batch_size,
-                    train_steps=train_steps)
-  cfg.model = denseflow_config()
+  cfg = base_config(name=name, image_size=image_size, channels=channels,
+                    batch_size=batch_size, train_steps=train_steps)
+  cfg.model = denseflow_config(num_scales=num_scales)
   return cfg
+
+
+def paper_training(cfg, *, train_size: int, epochs: int, finetune_epochs: int,
+                   augment: str, iw_samples: int) -> None:
+  """DenseFlow's recipe in place: `epochs` at optim.lr, then `finetune_epochs` at 2e-5.
+
+  An epoch is train_size // batch_size steps (the pipeline drops the incomplete
+  last batch). Evaluation (eval.py --mode=bpd) also reports the importance-weighted
+  bound with `iw_samples` dequantization draws.
+  """
+  per_epoch = train_size // cfg.data.batch_size
+  cfg.train.num_steps = (epochs + finetune_epochs) * per_epoch
+  cfg.optim.update(finetune_after=epochs * per_epoch, finetune_lr=2e-5)
+  cfg.data.augment = augment
+  cfg.eval.iw_samples = iw_samples
 
 
 def tiny_denseflow(cfg, *, units=(2, 2, 1), modules=(1, 1, 1), hidden=8, depth=1,
@@ -160,8 +183,12 @@ def denseflow_small(cfg) -> None:
                  dense_growth=16, growth=4, dequant_hidden=16)
   cfg.data.batch_size = 16
   cfg.optim.warmup_steps = 200
+  if cfg.optim.finetune_after:
+    cfg.optim.finetune_after = 1900  # the last 5% fine-tuned, as DenseFlow on CIFAR-10
   cfg.train.update(num_steps=2000, log_every=50, eval_every=1000, checkpoint_every=500,
                    eval_examples=256)
+  if cfg.eval.iw_samples:
+    cfg.eval.iw_samples = 8  # a CPU-friendly k
 
 
 def glow_small(cfg) -> None:
@@ -179,14 +206,19 @@ def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: for tests and CI (seconds on a CPU)."""
   cfg.model.update(num_steps=1, hidden=8, shuffle_reduction=4, dequant_steps=1, dequant_hidden=8)
   if cfg.model.backbone == 'denseflow':
-    tiny_denseflow(cfg)
+    k = cfg.model.num_scales
+    tiny_denseflow(cfg, units=(2,) * (k - 1) + (1,), modules=(1,) * k)
   cfg.data.batch_size = 8
   cfg.optim.warmup_steps = 2
+  if cfg.optim.finetune_after:
+    cfg.optim.finetune_after = 3  # the last of the 4 steps is fine-tuned
   cfg.train.update(num_steps=4, log_every=2, eval_every=4, checkpoint_every=2, eval_examples=16,
                    num_samples=4)
   cfg.eval.update(batch_size=8, num_examples=16, num_samples=4, num_pairs=2,
                   interpolation_steps=3, entropy_examples=16, channels_top=2, speed_batch_size=4,
                   speed_iters=1, fid_num_samples=16)
+  if cfg.eval.iw_samples:
+    cfg.eval.iw_samples = 2
   return cfg
 
 

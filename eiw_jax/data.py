@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from eiw_jax import augment as augmentation
 from eiw_jax.data_sources import (  # read_idx etc. are re-exported
     CIFAR_SUBDIR, IMAGE_EXTS, LOADERS, TFDS_NAMES, check_shape, cifar_dir,
     expand, idx_files, read_idx, synthetic_images, tfds_default_dir,
@@ -87,7 +88,7 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
 def batches(split: Split, batch_size: int, *, seed: int, start_step: int = 0,
             process_index: int = 0, process_count: int = 1,
             shuffle: bool = True, repeat: bool = True,
-            prefetch: int = 2) -> Iterator[np.ndarray]:
+            prefetch: int = 2, augment: str = 'none') -> Iterator[np.ndarray]:
   """Yields this host's rows of each global batch, uint8 [B // P, H, W, C].
 
   Global batch s of epoch e = s // steps_per_epoch takes rows of a permutation
@@ -97,6 +98,8 @@ def batches(split: Split, batch_size: int, *, seed: int, start_step: int = 0,
   padded, so with several hosts a host's final slice may be short or empty
   (every host still yields the same number of batches). `prefetch` batches are
   prepared by a daemon thread that stops when the iterator is closed or dropped.
+  `augment` (config.data.augment, `eiw_jax.augment`) transforms each row as a
+  function of (seed, global batch index, row in the global batch).
   """
   n = len(split.images)
   if batch_size <= 0 or batch_size % process_count:
@@ -108,12 +111,16 @@ def batches(split: Split, batch_size: int, *, seed: int, start_step: int = 0,
   if repeat and n < batch_size:
     raise UserError(f'batch_size={batch_size} exceeds the {n} examples of the '
                     'split; lower --config.data.batch_size')
+  augmentation.check(augment)
   per_host = batch_size // process_count
   lo, hi = process_index * per_host, (process_index + 1) * per_host
 
   def produce():
-    for idx in _global_indices(n, batch_size, seed, start_step, shuffle, repeat):
-      yield np.take(split.images, idx[lo:hi], axis=0)
+    indices = _global_indices(n, batch_size, seed, start_step, shuffle, repeat)
+    for step, idx in enumerate(indices, start_step):
+      rows = np.take(split.images, idx[lo:hi], axis=0)
+      yield augmentation.augment(rows, augment, seed=seed, step=step, rows=slice(lo, hi),
+                                 global_batch_size=batch_size)
 
   return _prefetched(produce, prefetch) if prefetch > 0 else produce()
 

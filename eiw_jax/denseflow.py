@@ -59,13 +59,14 @@ def denseflow_74_10() -> dict:
   `net` holds the fields shared by `DenseCouplingNet`, `DenseFlowModule` and
   `DenseFlowScale`; `dequant` the fields of `DenseFlowDequantizer`. Scale k is
   `DenseFlowScale(num_units=units[k], num_modules=modules[k], growth=growth,
-  cross_hidden_mult=cross_hidden_mult, **net)`.
+  cross_hidden_mult=cross_hidden_mult, norm=norm, **net)`.
   """
   return dict(
       units=(6, 4, 1),
       modules=(5, 6, 20),           # 6*5 + 4*6 + 1*20 = 74 modules
       growth=10,                    # channels added by each cross-unit coupling
       cross_hidden_mult=4,          # cross-unit net width = 4 * its input channels
+      norm='group',                 # coupling-net normalisation; DenseFlow's: 'batch'
       net=dict(hidden=48, dense_growth=64, depth=7, embed=24, num_landmarks=4,
                newton_iters=6),
       dequant=dict(num_steps=4, hidden=64, depth=4, growth=64,
@@ -91,13 +92,15 @@ class DenseFlowModule(Bijector):
   lu: bool = False
   log_scale_bound: float = 2.0
   dtype: Optional[Any] = None
+  norm: str = 'group'   # the coupling network's normalisation (eiw_jax.densenet)
 
   @nn.compact
   def __call__(self, x, inverse=False, **unused):
     net = functools.partial(
         DenseCouplingNet, hidden=self.hidden, dense_growth=self.dense_growth,
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
-        newton_iters=self.newton_iters, dtype=self.dtype)
+        newton_iters=self.newton_iters, dtype=self.dtype,
+        norm=self.norm)
     layers = [
         ActNorm(name='actnorm'),
         InvConv1x1(lu=self.lu, name='invconv'),
@@ -181,13 +184,15 @@ class DenseFlowScale(Bijector):
   log_scale_bound: float = 2.0
   invertible_grad: bool = False
   dtype: Optional[Any] = None
+  norm: str = 'group'
 
   def _unit(self, i, x, inverse):
     module = functools.partial(
         DenseFlowModule, hidden=self.hidden, dense_growth=self.dense_growth,
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
         newton_iters=self.newton_iters, lu=self.lu,
-        log_scale_bound=self.log_scale_bound, dtype=self.dtype)
+        log_scale_bound=self.log_scale_bound, dtype=self.dtype,
+        norm=self.norm)
     return Repeat(module, self.num_modules, self.invertible_grad, name=f'unit{i}')(
         x, inverse=inverse)
 

@@ -15,12 +15,13 @@ zero-initialised output 1x1 conv (hidden -> 2 * C_b, with bias), as in DenseFlow
 where that conv is the last layer of the same network. Widths and bias
 placement follow DenseFlow's code, so parameter counts match it exactly.
 
-Normalisation. DenseFlow normalises the concatenated branches with BatchNorm.
-Here it is a per-example normalisation over (H, W, C) (GroupNorm with one group)
-with the same parameters, a per-channel scale and bias: the parameter count is
-unchanged, each log-density depends on its own example only, the flow is
-exactly invertible whatever the batch composition, and there are no batch
-statistics to carry.
+Normalisation (`norm`, config key model.denseflow.norm). DenseFlow normalises
+the concatenated branches with BatchNorm. The default, 'group', is a per-example
+normalisation over (H, W, C) (GroupNorm with one group) with the same parameters,
+a per-channel scale and bias: the parameter count is unchanged, each log-density
+depends on its own example only, the flow is exactly invertible whatever the
+batch composition, and there are no batch statistics to carry. 'batch' is
+DenseFlow's own choice (`BatchNorm` below), for a faithful reproduction.
 
 `DenseBlock` (branch (a) on its own) is also the building block of DenseFlow's
 variational dequantizer (`eiw_jax.denseflow.DenseFlowDequantizer`).
@@ -44,6 +45,47 @@ from flax import linen as nn
 from jax import lax
 
 from eiw_jax.nets import Conv
+
+class BatchNorm(nn.Module):
+  """DenseFlow's BatchNorm (PyTorch's BatchNorm2d: momentum 0.1, eps 1e-5).
+
+  Training mode (the 'consts' collection is mutable: `init`, and the training
+  step, which applies the model with mutable=['consts']): normalise with the
+  batch's per-channel mean and biased variance over (B, H, W), and (not in
+  `init`) move the running averages 'mean' and 'var' a fraction `momentum`
+  toward them (the variance unbiased, n / (n - 1), as PyTorch). Under `jax.jit` with the batch
+  sharded over devices these are means over the global batch, so the statistics
+  are the same on every device. Evaluation mode (everything else: log_prob,
+  sampling, encode/decode): normalise with the running averages, so each
+  log-density depends on its own image only and the flow is exactly invertible.
+
+  The running averages are non-trainable state in the 'consts' collection (like
+  the LU permutation and the Shuffle's committed order), so they travel in the
+  train state and its checkpoints. Parameters: a per-channel 'scale' and 'bias'.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, h):
+    c = h.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    ra_mean = self.variable('consts', 'mean', jnp.zeros, (c,))
+    ra_var = self.variable('consts', 'var', jnp.ones, (c,))
+    if self.is_mutable_collection('consts'):
+      axes = tuple(range(h.ndim - 1))
+      mean = jnp.mean(h, axis=axes)                                # [C]
+      var = jnp.mean(jnp.square(h - mean), axis=axes)              # [C], biased
+      n, m = h.size // c, self.momentum
+      if self.is_initializing():  # the averages start at (0, 1), as PyTorch's
+        return (h - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+      ra_mean.value = (1 - m) * ra_mean.value + m * lax.stop_gradient(mean)
+      ra_var.value = (1 - m) * ra_var.value + m * lax.stop_gradient(var) * n / max(n - 1, 1)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return (h - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+
 
 class DenseBlock(nn.Module):
   """`depth` dense layers, then a gated (or plain) 1x1 conv to `features`.
@@ -136,6 +178,7 @@ class DenseCouplingNet(nn.Module):
   newton_iters: int = 6
   norm_eps: float = 1e-5
   dtype: Optional[Any] = None
+  norm: str = 'group'   # 'group' (per example) or 'batch' (DenseFlow's BatchNorm)
 
   @nn.compact
   def __call__(self, x, context: Optional[jnp.ndarray] = None):
@@ -148,5 +191,8 @@ class DenseCouplingNet(nn.Module):
     dense = DenseBlock(self.hidden, self.depth, self.dense_growth, dtype=self.dtype,
                        name='dense')(x)
     h = jnp.concatenate([att, dense], axis=-1)       # [B, H, W, 2 * hidden]
-    h = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, dtype=self.dtype, name='norm')(h)
+    if self.norm == 'batch':
+      h = BatchNorm(epsilon=self.norm_eps, name='norm')(h)
+    else:
+      h = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, dtype=self.dtype, name='norm')(h)
     return Conv(self.hidden, 1, use_bias=False, dtype=self.dtype, name='mix')(nn.relu(h))

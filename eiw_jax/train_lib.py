@@ -27,17 +27,20 @@ import tqdm
 from eiw_jax import api, checkpoint, config_lib, data, sharding
 from eiw_jax import multihost, resume, shuffle
 from eiw_jax import workdir as workdir_lib
-from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, validate
+from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, uses_batch_stats, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
-from eiw_jax.model import EIWFlow
+from eiw_jax.losses import objective
+from eiw_jax.model import EIWFlow, rngs_for
+from eiw_jax.schedule import flow_lr_schedule
+from eiw_jax.shuffle.base import FIT_COLLECTION
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array              # int32 [], number of batches consumed
   params: Any
-  consts: Any                  # non-trainable (LU permutation and signs)
+  consts: Any                  # non-trainable (LU permutation and signs, BatchNorm averages)
   opt_state: Any
   ema_params: Any              # EMA of params, or None when off
   rng: jax.Array               # typed PRNG key; step keys are fold_in(rng, step)
@@ -60,7 +63,8 @@ def _shuffle_label(path, unused_leaf) -> str:
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
-  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip.
+  """Adam or Adamax with linear warm-up to a constant rate, optional global-norm clip,
+  and an optional fine-tuning phase at `optim.finetune_lr` (`eiw_jax.schedule`).
 
   With `optim.shuffle_optimizer='sgd'` (the default) the Shuffle's solver and the
   oracle's statistics are updated by plain SGD of their own, at `optim.shuffle_lr`
@@ -73,8 +77,7 @@ def make_optimizer(optim) -> optax.GradientTransformation:
   normalised solver input at init). 'shared' puts them on the flow's optimiser
   (the behaviour of runs saved before the option existed).
   """
-  warmup = max(int(optim.warmup_steps), 1)
-  schedule = lambda step: optim.lr * jnp.minimum(1.0, (step + 1) / warmup)
+  schedule = flow_lr_schedule(optim)
   if optim.name == 'adamax':
     opt = optax.adamax(schedule, b1=optim.b1, b2=optim.b2)
   elif optim.name == 'adam':
@@ -109,14 +112,34 @@ def init_state(model: EIWFlow, optimizer, use_ema: bool, rng, first_batch) -> Tr
                     rng=state_rng, nonfinite_streak=zero, nonfinite_total=zero)
 
 
-def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, batch):
-  """One update. Returns (new state, metrics). Non-finite steps change nothing but counters."""
+def _loss_and_consts(model: EIWFlow, variables, images, rng):
+  """api.loss, applied with 'consts' mutable so that batch statistics are used and their
+  running averages updated (model.denseflow.norm='batch'). Returns (loss, (metrics, consts))."""
+  (lp, kls), new = model.apply(variables, images, rngs=rngs_for(rng),
+                               mutable=['consts', FIT_COLLECTION])
+  fit = sum((jnp.sum(x) for x in jax.tree.leaves(new.get(FIT_COLLECTION, {}))),
+            jnp.zeros((), jnp.float32))
+  loss, metrics = objective(lp, kls, model.num_dims, model.kl_weight, model.kl_units, fit)
+  return loss, (metrics, new['consts'])
+
+
+def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, batch,
+               batch_stats: bool = False):
+  """One update. Returns (new state, metrics). Non-finite steps change nothing but counters.
+
+  batch_stats: the model normalises with batch statistics in training (see
+  builder.uses_batch_stats); their running averages in `consts` are updated.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    return api.loss(model, {'params': params, 'consts': state.consts}, batch, rng)
+    variables = {'params': params, 'consts': state.consts}
+    if batch_stats:
+      return _loss_and_consts(model, variables, batch, rng)
+    loss, metrics = api.loss(model, variables, batch, rng)
+    return loss, (metrics, state.consts)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (metrics, consts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -128,14 +151,15 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
   bad = (~finite).astype(jnp.int32)
   new_state = state.replace(
       step=state.step + 1, params=keep(params, state.params),
+      consts=keep(consts, state.consts) if batch_stats else state.consts,
       opt_state=keep(opt_state, state.opt_state), ema_params=ema,
       nonfinite_streak=(state.nonfinite_streak + 1) * bad,
       nonfinite_total=state.nonfinite_total + bad)
   flow_consts = state.consts.get('flow', {})
   if model.flow.shuffle:
     live = shuffle.transition_scores(model.flow, new_state.params['flow'])  # once, for both
-    new_consts = shuffle.refresh_orders(model.flow, new_state.params['flow'], flow_consts,
-                                        new_state.step, live)
+    new_consts = shuffle.refresh_orders(model.flow, new_state.params['flow'],
+                                        new_state.consts.get('flow', {}), new_state.step, live)
     new_state = new_state.replace(consts={**new_state.consts, 'flow': new_consts})
     metrics.update(shuffle.split_changes(
         model.flow, {'params': state.params['flow'], 'consts': flow_consts},
@@ -159,7 +183,8 @@ def _programs(key: str, mesh):
   replicated = sharding.replicated(mesh)
   init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
                  out_shardings=replicated)
-  step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay),
+  step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
+                                   batch_stats=uses_batch_stats(config)),
                  donate_argnums=0, out_shardings=(replicated, replicated))
   return model, optimizer, init, step
 
@@ -195,7 +220,8 @@ class Trainer:
   def batches(self, split: data.Split, start_step: int):
     return data.batches(split, self.config.data.batch_size, seed=self.config.train.seed,
                         start_step=start_step, process_index=jax.process_index(),
-                        process_count=jax.process_count())
+                        process_count=jax.process_count(),
+                        augment=self.config.data.get('augment', 'none'))
 
   def restore_adapters(self):
     """For `Checkpointer.restore`: states saved under other clipping/EMA settings."""

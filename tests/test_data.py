@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eiw_jax import data
+from eiw_jax import augment, data
 from eiw_jax.errors import UserError
 
 
@@ -395,3 +395,73 @@ def test_prefetch_propagates_errors(monkeypatch):
   assert ids(next(it)) == [0, 1]
   with pytest.raises(RuntimeError, match='boom'):
     next(it)
+
+
+# -------------------------------------------------------------- augmentation
+
+
+def test_augment_flip_translate_matches_pad_translate_crop():
+  """eiw_jax.augment against an independent pad / shift / crop (DenseFlow's recipe)."""
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  flip, shift = augment.draws('flip_translate', 32, 64, seed=1, step=7)
+  assert set(np.unique(shift)) == {-1, 0, 1} and 0.3 < flip.mean() < 0.7
+  out = augment.apply(x, flip, shift)
+  assert out.shape == x.shape and out.dtype == np.uint8
+  for b in range(64):
+    img = x[b, :, ::-1] if flip[b] else x[b]
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0)), mode='edge')   # [36, 36, 3]
+    dy, dx = shift[b]
+    np.testing.assert_array_equal(out[b], padded[2 - dy:34 - dy, 2 - dx:34 - dx])
+  _, shift64 = augment.draws('flip_translate', 64, 4096, seed=0, step=0)
+  assert shift64.min() == -3 and shift64.max() == 3
+  assert not augment.draws('flip', 32, 64, seed=1, step=7)[1].any()
+
+
+def test_augmented_batches_are_a_function_of_seed_and_step():
+  split = data.Split(np.random.default_rng(0).integers(0, 256, (24, 8, 8, 1), np.uint8), None)
+  kw = dict(seed=5, prefetch=0, augment='flip_translate')
+  plain = data.batches(split, 4, seed=5, prefetch=0)
+  aug = data.batches(split, 4, **kw)
+  changed = 0
+  for _ in range(12):
+    a, p = next(aug), next(plain)
+    assert a.shape == p.shape == (4, 8, 8, 1) and a.dtype == np.uint8
+    changed += int(not np.array_equal(a, p))
+  assert changed >= 6  # almost every batch is transformed
+  # Resume (start_step) and a second pass give the same batches.
+  first = [next(data.batches(split, 4, **kw)) for _ in range(2)]
+  np.testing.assert_array_equal(first[0], first[1])
+  it = data.batches(split, 4, **kw)
+  skipped = [next(it) for _ in range(9)][7:]
+  resumed = data.batches(split, 4, start_step=7, **kw)
+  for a in skipped:
+    np.testing.assert_array_equal(a, next(resumed))
+  # Two hosts' rows concatenate to the one-host global batch.
+  hosts = [next(data.batches(split, 4, start_step=3, process_index=p, process_count=2, **kw))
+           for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(hosts),
+                                next(data.batches(split, 4, start_step=3, **kw)))
+
+
+def test_flip_mirrors_about_half_the_rows():
+  # Image i holds column index + 10 * i, so a flip is visible and identifiable.
+  n, size = 16, 4
+  images = (np.arange(size)[None, None, :, None] + 10 * np.arange(n)[:, None, None, None])
+  images = np.broadcast_to(images, (n, size, size, 1)).astype(np.uint8).copy()
+  split = data.Split(images, None)
+  it = data.batches(split, n, seed=0, shuffle=False, prefetch=0, augment='flip')
+  flips = []
+  for _ in range(8):
+    batch = next(it)
+    for b in range(n):
+      if np.array_equal(batch[b], images[b, :, ::-1]):
+        flips.append(True)
+      else:
+        np.testing.assert_array_equal(batch[b], images[b])
+        flips.append(False)
+  assert 0.35 < np.mean(flips) < 0.65
+  off = next(data.batches(split, n, seed=0, shuffle=False, prefetch=0, augment='none'))
+  np.testing.assert_array_equal(off, images)
+  with pytest.raises(UserError, match='data.augment'):
+    data.batches(split, n, seed=0, augment='rotate')

@@ -325,3 +325,61 @@ def test_dequantizer_bfloat16_keeps_u_and_log_q_float32(dequant_setup):
   assert u16.dtype == lq16.dtype == jnp.float32
   np.testing.assert_allclose(lq16, lq32, rtol=1e-2)
   np.testing.assert_allclose(u16, u32, atol=2e-2)
+
+
+# ----- DenseFlow's BatchNorm (model.denseflow.norm='batch') ------------------------
+
+def test_batch_norm_matches_numpy_in_training_and_evaluation():
+  from eiw_jax.densenet import BatchNorm  # pylint: disable=g-import-not-at-top
+  bn = BatchNorm()
+  h = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 3, 5)).astype(np.float32)
+  v = bn.init(key(0), h)
+  v = {**v, 'params': {'scale': normal(1, (5,)), 'bias': normal(2, (5,))}}
+  scale, bias = np.asarray(v['params']['scale']), np.asarray(v['params']['bias'])
+  # Training mode: batch statistics; running averages move 0.1 toward them.
+  out, new = jax.jit(lambda v, h: bn.apply(v, h, mutable=['consts']))(v, h)
+  mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(out, (h - mean) / np.sqrt(var + 1e-5) * scale + bias,
+                             rtol=1e-4, atol=1e-4)
+  n = 4 * 3 * 3
+  np.testing.assert_allclose(new['consts']['mean'], 0.1 * mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new['consts']['var'], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+  # Evaluation mode: the running averages, whatever the batch.
+  v2 = {**v, 'consts': new['consts']}
+  ev = jax.jit(bn.apply)(v2, h)
+  ra_mean, ra_var = np.asarray(new['consts']['mean']), np.asarray(new['consts']['var'])
+  np.testing.assert_allclose(ev, (h - ra_mean) / np.sqrt(ra_var + 1e-5) * scale + bias,
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(bn.apply)(v2, h[1:2]), ev[1:2], rtol=1e-6)
+
+
+def test_coupling_net_batch_norm_keeps_the_param_count():
+  x = jnp.zeros((1, 4, 4, 3))
+  assert param_count(DenseCouplingNet(norm='batch', **TINY_NET), x) == param_count(
+      DenseCouplingNet(**TINY_NET), x)
+
+
+def test_scale_with_batch_norm_trains_on_batch_statistics_and_evaluates_per_example():
+  layer = DenseFlowScale(num_units=2, num_modules=2, growth=2, norm='batch', **TINY_NET)
+  x, eta = data(7, (3, 4, 4, 2)), normal(12, (3, 4, 4, 2))
+  v = perturb(jax.jit(layer.init)(rngs(7), x), 8)
+  train = jax.jit(lambda v, x, e: layer.apply(v, x, noise=[e], mutable=['consts']))
+  evaluate = jax.jit(lambda v, x, e: layer.apply(v, x, noise=[e]))
+  inv = jax.jit(lambda v, y: layer.apply(v, y, method='inverse'))
+  # Training mode: an example's output depends on the rest of its batch, and the
+  # running averages (stacked over the unit's modules) are updated.
+  (y_all, _), new = train(v, x, eta)
+  (y_one, _), _ = train(v, x[1:], eta[1:])
+  assert float(jnp.max(jnp.abs(y_all[1:] - y_one))) > 1e-3
+  stats = new['consts']['unit0']['steps']['step']['coupling']['DenseCouplingNet_0']['norm']
+  old = v['consts']['unit0']['steps']['step']['coupling']['DenseCouplingNet_0']['norm']
+  assert stats['mean'].shape == (2, 16)   # [num_modules, 2 * hidden]
+  assert float(jnp.max(jnp.abs(stats['mean'] - old['mean']))) > 1e-4
+  # Evaluation mode with the updated averages: per example, and exactly invertible.
+  v = {**v, 'consts': new['consts']}
+  y, ld = evaluate(v, x, eta)
+  y1, ld1 = evaluate(v, x[1:], eta[1:])
+  np.testing.assert_allclose(y[1:], y1, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ld[1:], ld1, rtol=1e-5, atol=1e-4)
+  x2, ld_inv = inv(v, y)
+  assert float(jnp.max(jnp.abs(x2 - x))) <= 1e-4

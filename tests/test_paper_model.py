@@ -43,6 +43,54 @@ def test_cifar10_config_builds_the_papers_parameter_counts():
   assert abs(counts['params_vanilla'] - 130.65e6) / 130.65e6 < 0.003
 
 
+# DenseFlow's README: (training images, batch, epochs at 1e-3, epochs in all with the
+# fine-tuning at 2e-5, augmentation); DESIGN §2: the importance-weighted k.
+RECIPES = {'cifar10': (50_000, 64, 400, 420, 'flip_translate', 1000),
+           'imagenet32': (1_281_167, 64, 20, 22, 'flip_translate', 200),
+           'imagenet64': (1_281_167, 32, 10, 11, 'flip_translate', 200),
+           'celeba': (162_770, 32, 50, 55, 'flip', 200)}
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_paper_configs_train_denseflows_recipe(name):
+  n, batch, epochs, total, augment, k = RECIPES[name]
+  cfg = load_config(name)
+  per_epoch = n // batch
+  assert cfg.data.batch_size == batch and cfg.data.augment == augment
+  assert cfg.optim.finetune_after == epochs * per_epoch and cfg.optim.finetune_lr == 2e-5
+  assert cfg.train.num_steps == total * per_epoch and cfg.eval.iw_samples == k
+  config_lib.validate_run(cfg)
+  # The docstring states the arithmetic with the config's own numbers.
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for value in (per_epoch, cfg.optim.finetune_after, cfg.train.num_steps, k):
+    assert f'{value:,}' in module.__doc__, (name, value)
+  for arg in ('small', 'smoke'):  # CPU-sized: fine-tuning and k kept, but small
+    small = load_config(name, arg)
+    assert 0 < small.optim.finetune_after < small.train.num_steps
+    assert 0 < small.eval.iw_samples <= 8
+
+
+def test_mnist_config_has_the_papers_mnist_settings():
+  cfg = load_config('mnist')
+  m = cfg.model
+  assert (m.backbone, m.num_scales, m.dequantizer, m.shuffle, m.kl_weight) == (
+      'denseflow', 2, 'variational', True, 1e-3)  # paper §6.2: K = 2, else as the others
+  assert (cfg.data.image_size, cfg.data.augment, cfg.eval.iw_samples) == (28, 'none', 1000)
+  assert cfg.train.num_steps == 105 * (60_000 // 64)
+  config_lib.validate_run(cfg)
+  for arg in ('small', 'smoke'):
+    small = load_config('mnist', arg)
+    config_lib.validate_run(small)
+    assert small.model.backbone == 'denseflow' and len(small.model.denseflow.units) == 2
+  # 28x28 -> 14x14 -> 7x7 without padding: both scales' tokens split into the landmarks.
+  model = eiw_jax.build(load_config('mnist', 'smoke'))
+  variables = jax.eval_shape(lambda: eiw_jax.init(model, jax.random.key(0),
+                                                  jnp.zeros((2, 28, 28, 1), jnp.int32)))
+  assert jax.tree.leaves(variables)
+
+
 @pytest.fixture(scope='module')
 def tiny():
   cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
@@ -126,7 +174,8 @@ def test_tiny_denseflow_bfloat16_loss_close_and_exact_round_trip(tiny):
   @jax.jit  # one compile for everything below
   def run(v):
     losses = [eiw_jax.loss(m, v, images, jax.random.key(5))[0] for m in (m32, m16)]
-    latents, ld, kls = eiw_jax.forward(m16, v, y, jax.random.key(3))
+    latents, ld, kls = m16.apply(v, y, method=eiw_jax.EIWFlow.encode,
+                                 rngs={'noise': jax.random.key(3)})
     return losses, latents, ld, kls, eiw_jax.inverse(m16, v, latents)
 
   jaxpr = str(jax.make_jaxpr(lambda v: eiw_jax.forward(m16, v, y, jax.random.key(3)))(v))
@@ -136,3 +185,56 @@ def test_tiny_denseflow_bfloat16_loss_close_and_exact_round_trip(tiny):
   assert ld.dtype == kls.dtype == jnp.float32 and all(z.dtype == jnp.float32 for z in latents)
   assert float(jnp.max(jnp.abs(y_back - y))) <= 1e-4
   np.testing.assert_allclose(ld, -ld_inv, rtol=1e-5, atol=1e-3)
+
+
+def test_tiny_denseflow_batch_norm_trains_checkpoints_and_evaluates_per_example(tiny, tmp_path):
+  """model.denseflow.norm='batch': the training step updates the running averages
+  (in consts), checkpoints carry them, and evaluation uses them (per example)."""
+  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  cfg = tiny[0].copy_and_resolve_references()
+  cfg.model.denseflow.norm = 'batch'
+  cfg.data.update(source='synthetic', num_synthetic=8, batch_size=4)
+  trainer = train_lib.Trainer(cfg, workdir='')
+  x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3))
+  batch = trainer.global_batch(x)
+  state = trainer._init(jax.random.key(0), batch)  # pylint: disable=protected-access
+  stats = lambda s: {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(s.consts)
+                     if 'norm' in jax.tree_util.keystr(k)}  # copies: the step donates the state
+  before = stats(state)
+  assert len(before) == 2 * 3  # mean and var of the coupling nets of 3 units
+  state, metrics = trainer._step(state, batch)  # pylint: disable=protected-access
+  assert np.isfinite(float(metrics['loss']))
+  after = stats(state)
+  assert all(np.max(np.abs(after[k] - before[k])) > 1e-6 for k in before)
+  with Checkpointer(str(tmp_path), config=cfg) as ckpt:
+    ckpt.save(1, state, force=True)
+    ckpt.wait()
+    restored, _ = ckpt.restore(trainer.abstract_state())
+  for k, v in stats(restored).items():
+    np.testing.assert_array_equal(v, after[k])
+  # Evaluation: an image's log-density does not depend on the rest of its batch.
+  model, v = trainer.model, restored.variables()
+  y = eiw_jax.to_continuous(jnp.asarray(x), 8)
+  eta = jax.random.normal(jax.random.key(4), (4, 4, 4, 2))
+  logdet = jax.jit(lambda v, y, e: _encode(model, v, y, [[e], None])[1])
+  other = np.array([2, 3, 3, 2])  # another batch of the same size holding images 2 and 3
+  ld_all, ld_other = logdet(v, y, eta), logdet(v, y[other], eta[other])
+  np.testing.assert_allclose(ld_all[2:], ld_other[:2], rtol=1e-5, atol=1e-3)
+
+
+def test_configs_saved_before_the_norm_key_resume_as_group_norm(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from eiw_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  cfg = load_config('cifar10', 'smoke')
+  old = json.loads(json.dumps(cfg.to_dict()))
+  del old['model']['denseflow']['norm']  # as written before the key existed
+  with Checkpointer(str(tmp_path), config=ml_collections.ConfigDict(old)) as ckpt:
+    ckpt.save(1, {'w': jnp.ones(3)}, force=True)
+  Checkpointer(str(tmp_path), config=cfg).close()  # 'group' is what it meant
+  cfg.model.denseflow.norm = 'batch'
+  with pytest.raises(UserError, match='model.denseflow.norm'):
+    Checkpointer(str(tmp_path), config=cfg)
+  cfg.model.invertible_grad = True
+  with pytest.raises(UserError, match='invertible_grad'):
+    eiw_jax.build(cfg)

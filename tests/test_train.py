@@ -18,7 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def smoke_config(**train):
   cfg = smoke(base_config(name='synthetic', image_size=8, channels=1, batch_size=8,
                           train_steps=4, num_scales=2, num_steps=1))
-  cfg.data.update(source='synthetic', num_synthetic=64)
+  cfg.data.update(source='synthetic', num_synthetic=64, augment='flip')
+  # The resume test below crosses the fine-tuning boundary after resuming at step 4.
+  cfg.optim.update(finetune_after=5, finetune_lr=1e-4)
   cfg.train.update(train)
   return cfg
 
@@ -62,6 +64,27 @@ def test_resume_continues_and_matches_uninterrupted(trained, tmp_path, capsys):
 def _run(*args):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
+
+
+def test_schedule_warms_up_then_fine_tunes():
+  # Adamax's update with a constant gradient of ones is -lr(t) exactly (after bias
+  # correction m = g and u = |g|), so the updates read out the schedule.
+  cfg = smoke_config().optim
+  cfg.update(lr=1e-3, warmup_steps=4, finetune_after=6, finetune_lr=2e-5)
+  opt = train_lib.make_optimizer(cfg)
+  params = {'w': np.zeros(3, np.float32)}
+  state, rates = opt.init(params), []
+  for _ in range(8):
+    updates, state = opt.update({'w': np.ones(3, np.float32)}, state, params)
+    rates.append(-float(updates['w'][0]))
+  expected = [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 2e-5, 2e-5]
+  np.testing.assert_allclose(rates, expected, rtol=1e-5)
+  cfg.finetune_after = 0  # never
+  opt = train_lib.make_optimizer(cfg)
+  state = opt.init(params)
+  for _ in range(8):
+    updates, state = opt.update({'w': np.ones(3, np.float32)}, state, params)
+  np.testing.assert_allclose(-float(updates['w'][0]), 1e-3, rtol=1e-5)
 
 
 def test_eval_cli_on_a_workdir(trained):

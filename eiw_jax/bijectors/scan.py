@@ -8,6 +8,11 @@ Initialisation goes through `nn.scan`, so every copy's data-dependent init
 (ActNorm) sees its own input. Applying reads the stacked variables and runs the
 step with `lax.scan`, forward or in reverse for the inverse.
 
+Mutable state: when the caller applies the model with the 'consts' collection
+mutable (the training step of a model with batch statistics), each step is
+applied with mutable 'consts' too and the updated, stacked 'consts' are written
+back; otherwise the steps see their variables read-only.
+
 Invertible backprop (`invertible_grad=True`, forward direction): a `jax.custom_vjp`
 keeps only the final output; the backward pass walks the steps in reverse,
 recomputing each step's input from its output with the step's inverse and
@@ -49,6 +54,17 @@ def _scan(step, stacked, x, inverse):
 
   (y, total), _ = jax.lax.scan(body, (x, zero_logdet(x)), stacked, reverse=inverse)
   return y, total
+
+
+def _scan_mutable(step, stacked, x, inverse):
+  """_scan with each step's 'consts' mutable; also returns the new stacked 'consts'."""
+  def body(carry, variables):
+    x, total = carry
+    (y, logdet), new = step.apply(variables, x, inverse=inverse, mutable=['consts'])
+    return (y, total + logdet), new['consts']
+
+  (y, total), consts = jax.lax.scan(body, (x, zero_logdet(x)), stacked, reverse=inverse)
+  return y, total, consts
 
 
 def _invertible_scan(step, stacked, x):
@@ -100,6 +116,12 @@ class Repeat(Bijector):
     stacked = {col: tree['steps']['step'] for col, tree in self.variables.items()
                if 'steps' in tree}
     step = self.step(parent=None)
+    if 'consts' in stacked and self.is_mutable_collection('consts'):
+      if self.invertible_grad:
+        raise ValueError('invertible_grad cannot update state (batch statistics) in the steps')
+      y, total, consts = _scan_mutable(step, stacked, x, inverse)
+      self.put_variable('consts', 'steps', {'step': consts})
+      return y, total
     if self.invertible_grad and not inverse:
       return _invertible_scan(step, stacked, x)
     return _scan(step, stacked, x, inverse)
