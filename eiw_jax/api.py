@@ -55,11 +55,28 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   The loss also holds the Shuffle reading's own fitting loss (metric
   `shuffle_fit`; 'likelihood' and 'oracle' only), which trains no flow parameter.
   """
+  (value, metrics), _ = _objective(model, variables, images, rng, kl_weight, [])
+  return value, metrics
+
+
+def loss_with_batch_stats(model: EIWFlow, variables, images, rng, kl_weight=None):
+  """`loss` in training mode for a model that normalises with batch statistics
+  (model.denseflow.norm='batch'): (loss, metrics, consts), where the layers use this
+  batch's statistics and `consts` holds their running averages moved toward them.
+  Put `consts` back into the variables after the update; `loss`, `log_prob` and
+  `sample` then use the running averages (an image's density per image)."""
+  (value, metrics), state = _objective(model, variables, images, rng, kl_weight, ['consts'])
+  return value, metrics, state['consts']
+
+
+def _objective(model, variables, images, rng, kl_weight, mutable):
   checks.check_images(model, images, 'loss')
-  (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng), mutable=[FIT_COLLECTION])
+  (lp, kls), state = model.apply(variables, images, rngs=rngs_for(rng),
+                                 mutable=[*mutable, FIT_COLLECTION])
+  sown = state.pop(FIT_COLLECTION, {})
   fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
-  return objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+  return objective(lp, kls, model.num_dims, weight, model.kl_units, fit), state
 
 
 def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:

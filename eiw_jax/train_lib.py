@@ -29,10 +29,8 @@ from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import build, legacy_get, uses_batch_stats, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
-from eiw_jax.losses import objective
-from eiw_jax.model import EIWFlow, rngs_for
+from eiw_jax.model import EIWFlow
 from eiw_jax.schedule import flow_lr_schedule
-from eiw_jax.shuffle.base import FIT_COLLECTION
 
 
 @flax.struct.dataclass
@@ -111,17 +109,6 @@ def init_state(model: EIWFlow, optimizer, use_ema: bool, rng, first_batch) -> Tr
                     rng=state_rng, nonfinite_streak=zero, nonfinite_total=zero)
 
 
-def _loss_and_consts(model: EIWFlow, variables, images, rng):
-  """api.loss, applied with 'consts' mutable so that batch statistics are used and their
-  running averages updated (model.denseflow.norm='batch'). Returns (loss, (metrics, consts))."""
-  (lp, kls), new = model.apply(variables, images, rngs=rngs_for(rng),
-                               mutable=['consts', FIT_COLLECTION])
-  fit = sum((jnp.sum(x) for x in jax.tree.leaves(new.get(FIT_COLLECTION, {}))),
-            jnp.zeros((), jnp.float32))
-  loss, metrics = objective(lp, kls, model.num_dims, model.kl_weight, model.kl_units, fit)
-  return loss, (metrics, new['consts'])
-
-
 def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, batch,
                batch_stats: bool = False):
   """One update. Returns (new state, metrics). Non-finite steps change nothing but counters.
@@ -134,7 +121,8 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
   def loss_fn(params):
     variables = {'params': params, 'consts': state.consts}
     if batch_stats:
-      return _loss_and_consts(model, variables, batch, rng)
+      loss, metrics, consts = api.loss_with_batch_stats(model, variables, batch, rng)
+      return loss, (metrics, consts)
     loss, metrics = api.loss(model, variables, batch, rng)
     return loss, (metrics, state.consts)
 
