@@ -146,8 +146,18 @@ def first_step(config) -> dict:
 
 
 def peak_rss_bytes() -> int:
-  """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  """This process's peak resident memory: VmHWM on Linux, which starts afresh at
+  exec (ru_maxrss does not: a child started by a large process reports the
+  parent's peak), else ru_maxrss (KiB on Linux, bytes on macOS)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss if sys.platform == 'darwin' else rss * 1024
 
 
 def cold_start(argv_base, names) -> dict:

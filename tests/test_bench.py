@@ -38,3 +38,14 @@ def test_bench_writes_start_up_memory_and_the_peer_ratio(tmp_path):
   assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
   assert 'not the JSON line of bench_denseflow.py' in proc.stderr
   assert not (tmp_path / 'never.json').exists()
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+  """A child started by a large process reports its own peak (ru_maxrss would give
+  the parent's, which is how every fresh-process number of one run came out equal)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+  code = 'from eiw_jax import bench_lib; print(bench_lib.peak_rss_bytes())'
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, check=True)
+  assert int(out.stdout.split()[-1]) < 350 * 2**20 and ballast.sum() > 0
