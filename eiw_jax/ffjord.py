@@ -63,13 +63,13 @@ NFE_COLLECTION = 'intermediates'
 
 
 def ffjord_defaults() -> dict:
-  """The `model.ffjord` keys (FFJORD's image settings: two blocks per scale, three
-  3x3 convolutions of width 64, softplus, 'concat' time layers, Rademacher probes,
-  Dopri5 at rtol = atol = 1e-5)."""
+  """The `model.ffjord` keys (FFJORD's image settings: two blocks per scale, dynamics
+  nets of three hidden 3x3 convolutions of width 64 and an output one, softplus,
+  'concat' time layers, Rademacher probes, Dopri5 at rtol = atol = 1e-5)."""
   return dict(
       blocks=2,                 # CNF blocks per scale, each with its own dynamics net
       hidden=64,                # dynamics-net width
-      layers=3,                 # 3x3 convolutions per dynamics net (the last outputs C)
+      layers=4,                 # 3x3 convolutions per dynamics net (the last outputs C)
       time_layer='concat',      # 'concat' (t as a channel) or 'concatsquash'
       actnorm=True,             # an ActNorm before each block
       solver='dopri5',          # 'dopri5', 'tsit5', 'bosh3' (adaptive), 'heun', 'euler'
@@ -96,7 +96,7 @@ class TimeConv(nn.Module):
       tt = jnp.broadcast_to(t, h.shape[:-1] + (1,))
       return Conv(self.features, 3, kernel_init=init)(jnp.concatenate([h, tt], axis=-1))
     gate = nn.Dense(self.features, name='gate')(t[None])
-    shift = nn.Dense(self.features, use_bias=False, name='shift')(t[None])
+    shift = nn.Dense(self.features, use_bias=False, kernel_init=init, name='shift')(t[None])
     return Conv(self.features, 3, kernel_init=init)(h) * nn.sigmoid(gate) + shift
 
 
@@ -104,7 +104,7 @@ class DynamicsNet(nn.Module):
   """f(z, t): [B, H, W, C] -> [B, H, W, C]; zero at initialisation."""
   channels: int
   hidden: int = 64
-  layers: int = 3
+  layers: int = 4
   time_layer: str = 'concat'
 
   @nn.compact
@@ -145,7 +145,7 @@ class CNFBlock(Bijector):
   `trace` (None: the attribute) overrides the trace estimator per call.
   """
   hidden: int = 64
-  layers: int = 3
+  layers: int = 4
   time_layer: str = 'concat'
   solver: str = 'dopri5'
   rtol: float = 1e-5
