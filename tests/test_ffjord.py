@@ -196,10 +196,3 @@ def test_bad_ffjord_settings_are_refused(key, value, words):
   cfg.model.ffjord[key] = value
   with pytest.raises(UserError, match=words):
     builder.validate(cfg)
-
-
-def test_ffjord_backbone_without_settings_is_refused():
-  cfg = tiny_config()
-  cfg.model.ffjord = ml_collections.ConfigDict()
-  with pytest.raises(UserError, match='needs the model.ffjord settings'):
-    builder.validate(cfg)
