@@ -10,7 +10,8 @@ FFJORD (eiw_jax/ffjord.py) with the Shuffle, lambda = 1e-4 (the paper's Table 6 
 for CNFs), K = 2 scales after an initial squeeze (14x14x4 -> 7x7x8), one CNF block per
 scale whose dynamics net has two hidden 3x3 convolutions of width 32, Dopri5 at
 rtol = atol = 1e-3 (looser than FFJORD's 1e-5, to keep the number of function
-evaluations small), batch 64, Adam at lr 1e-3. `:ffjord_smoke` is a tiny one for tests.
+evaluations small), batch 32, Adam at lr 1e-3, 1500 steps. `:ffjord_smoke` is a
+tiny one for tests.
 """
 from eiw_jax import config_lib
 
@@ -19,7 +20,7 @@ def get_config(arg=None):
   is_ffjord, arg = config_lib.split_variant(arg, 'ffjord')
   if is_ffjord:
     cfg = config_lib.ffjord_base(name='fashion_mnist', image_size=28, channels=1,
-                                 batch_size=64, train_steps=2000, num_scales=2,
+                                 batch_size=32, train_steps=1500, num_scales=2,
                                  blocks=1, hidden=32, layers=3, rtol=1e-3, atol=1e-3)
     cfg.model.initial_squeeze = True
     cfg.optim.update(name='adam', lr=1e-3, warmup_steps=100)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax import checks
+from eiw_jax.ffjord import NFE_COLLECTION
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
 from eiw_jax.shuffle import channel_order, factored_mask, transition_scores
@@ -54,12 +55,20 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
 
   The loss also holds the Shuffle reading's own fitting loss (metric
   `shuffle_fit`; 'likelihood' and 'oracle' only), which trains no flow parameter.
+  With the FFJORD backbone, metric `nfe` is the number of dynamics-net evaluations
+  of the forward solves (all scales and blocks).
   """
   checks.check_images(model, images, 'loss')
-  (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng), mutable=[FIT_COLLECTION])
-  fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
+  (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng),
+                                mutable=[FIT_COLLECTION, NFE_COLLECTION])
+  fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown.get(FIT_COLLECTION, {}))),
+            jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
-  return objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+  loss, metrics = objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+  nfe = jax.tree.leaves(sown.get(NFE_COLLECTION, {}))
+  if nfe:
+    metrics = dict(metrics, nfe=sum(nfe).astype(jnp.float32))
+  return loss, metrics
 
 
 def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:
