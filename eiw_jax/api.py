@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax import checks
-from eiw_jax.ffjord import NFE_COLLECTION
+from eiw_jax.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
 from eiw_jax.shuffle import channel_order, factored_mask, transition_scores
@@ -56,11 +56,12 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   The loss also holds the Shuffle reading's own fitting loss (metric
   `shuffle_fit`; 'likelihood' and 'oracle' only), which trains no flow parameter.
   With the FFJORD backbone, metric `nfe` is the number of dynamics-net evaluations
-  of the forward solves (all scales and blocks).
+  of the forward solves (all scales and blocks), and metric `ode_penalty` the
+  kinetic / Jacobian regularisers (model.ffjord.*_weight > 0), added to the loss.
   """
   checks.check_images(model, images, 'loss')
   (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng),
-                                mutable=[FIT_COLLECTION, NFE_COLLECTION])
+                                mutable=[FIT_COLLECTION, NFE_COLLECTION, PENALTY_COLLECTION])
   fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown.get(FIT_COLLECTION, {}))),
             jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
@@ -68,6 +69,10 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   nfe = jax.tree.leaves(sown.get(NFE_COLLECTION, {}))
   if nfe:
     metrics = dict(metrics, nfe=sum(nfe).astype(jnp.float32))
+  penalties = jax.tree.leaves(sown.get(PENALTY_COLLECTION, {}))
+  if penalties:
+    penalty = sum(jnp.mean(p) for p in penalties)
+    loss, metrics = loss + penalty, dict(metrics, ode_penalty=penalty)
   return loss, metrics
 
 

@@ -219,6 +219,13 @@ def _check_ffjord(m) -> None:
     if not _positive_int(f[key]):
       raise UserError(f'model.ffjord.{key} must be an integer >= 1, got {f[key]!r}; '
                       f'set --config.model.ffjord.{key}={defaults[key]}')
+  for key in ('kinetic_weight', 'jacobian_weight'):
+    if not 0 <= f[key] < float('inf'):
+      raise UserError(f'model.ffjord.{key} must be >= 0 and finite, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}=0 (off)')
+  if f.jacobian_weight and f.trace != 'hutchinson':
+    raise UserError("model.ffjord.jacobian_weight > 0 needs model.ffjord.trace='hutchinson'; "
+                    'set --config.model.ffjord.trace=hutchinson')
   for key in ('rtol', 'atol'):
     if not 0 < f[key] < 1:
       raise UserError(f'model.ffjord.{key} must be in (0, 1), got {f[key]!r}; '

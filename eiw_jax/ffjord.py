@@ -35,6 +35,13 @@ solved backwards (`adjoint='backsolve'`, constant memory in the number of steps)
 A solve that fails (max_steps reached) gives a NaN logdet, so the training loop
 skips the step as for any non-finite loss. The number of function evaluations of
 each solve is sown into the 'intermediates' collection as 'nfe'.
+
+Regularisation (Finlay et al., "How to train your neural ODE", ICML 2020), off by
+default: `kinetic_weight` * int_0^1 ||f||^2 dt and `jacobian_weight` * int_0^1
+||J eps||^2 dt (Hutchinson's estimate of the Jacobian's squared Frobenius norm, with
+the trace's probe) are integrated with the forward solve and sown per image into
+the 'ode_penalty' collection; `api.loss` adds their batch mean to the loss (metric
+`ode_penalty`).
 """
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ TRACES = ('hutchinson', 'exact')
 PROBES = ('rademacher', 'gaussian')
 TIME_LAYERS = ('concat', 'concatsquash')
 NFE_COLLECTION = 'intermediates'
+PENALTY_COLLECTION = 'ode_penalty'
 
 
 def ffjord_defaults() -> dict:
@@ -79,6 +87,8 @@ def ffjord_defaults() -> dict:
       trace='hutchinson',       # 'hutchinson' (training) or 'exact' (tiny sizes)
       probe='rademacher',       # Hutchinson's probe: 'rademacher' or 'gaussian'
       adjoint='recursive_checkpoint',  # or 'backsolve'
+      kinetic_weight=0.0,       # Finlay et al. 2020: weight of int ||f||^2 dt; 0 = off
+      jacobian_weight=0.0,      # ... of int ||eps^T df/dz||^2 dt (needs trace='hutchinson')
   )
 
 
@@ -153,14 +163,21 @@ def exact_trace(fn, z) -> jnp.ndarray:
   return jnp.sum(jax.vmap(diagonal_part)(basis), axis=0)
 
 
-def _vector_field(net, trace, t, state, args):
+def _vector_field(net, trace, penalties, t, state, args):
+  """d/dt of (z, logdet[, int ||f||^2, int ||J eps||^2])."""
   params, probe = args
   z = state[0]
   fn = lambda z: net.apply({'params': params}, z, t)
   if trace == 'exact':
-    return fn(z), exact_trace(fn, z)
-  dz, j_probe = jax.jvp(fn, (z,), (probe,))
-  return dz, sum_event(j_probe * probe)
+    dz = fn(z)
+    out = (dz, exact_trace(fn, z))
+  else:
+    dz, j_probe = jax.jvp(fn, (z,), (probe,))
+    out = (dz, sum_event(j_probe * probe))
+  if penalties:
+    frobenius = sum_event(j_probe ** 2) if trace == 'hutchinson' else jnp.zeros_like(out[1])
+    out += (sum_event(dz ** 2), frobenius)
+  return out
 
 
 class CNFBlock(Bijector):
@@ -179,6 +196,8 @@ class CNFBlock(Bijector):
   trace: str = 'hutchinson'
   probe: str = 'rademacher'
   adjoint: str = 'recursive_checkpoint'
+  kinetic_weight: float = 0.0
+  jacobian_weight: float = 0.0
 
   @nn.compact
   def __call__(self, x, inverse=False, trace: Optional[str] = None, **unused):
@@ -189,6 +208,9 @@ class CNFBlock(Bijector):
                                  ('time_layer', self.time_layer, TIME_LAYERS)):
       if value not in allowed:
         raise ValueError(f'{name} must be one of {", ".join(allowed)}, got {value!r}')
+    if self.jacobian_weight and trace != 'hutchinson':
+      raise ValueError("jacobian_weight > 0 needs trace='hutchinson' (its probe)")
+    penalties = bool(self.kinetic_weight or self.jacobian_weight) and not inverse
     net = DynamicsNet(x.shape[-1], self.hidden, self.layers, self.time_layer, parent=None)
     params = self.param('dynamics', lambda rng: net.init(rng, x, jnp.zeros(()))['params'])
     probe = None
@@ -204,14 +226,18 @@ class CNFBlock(Bijector):
     adjoint = {'recursive_checkpoint': diffrax.RecursiveCheckpointAdjoint,
                'backsolve': diffrax.BacksolveAdjoint,
                'forward': diffrax.ForwardMode}[self.adjoint]()
-    term = diffrax.ODETerm(functools.partial(_vector_field, net, trace))
+    term = diffrax.ODETerm(functools.partial(_vector_field, net, trace, penalties))
+    state = (x, zero_logdet(x)) + ((zero_logdet(x),) * 2 if penalties else ())
     sol = diffrax.diffeqsolve(
-        term, SOLVERS[self.solver](), t0, t1, dt0, (x, zero_logdet(x)), args=(params, probe),
+        term, SOLVERS[self.solver](), t0, t1, dt0, state, args=(params, probe),
         stepsize_controller=controller, adjoint=adjoint, max_steps=self.max_steps, throw=False)
     y, logdet = sol.ys[0][-1], sol.ys[1][-1]
     ok = sol.result == diffrax.RESULTS.successful
     steps = sol.stats['num_steps']
     self.sow(NFE_COLLECTION, 'nfe', _EVALS_PER_STEP[self.solver] * steps + 1)
+    if penalties:  # per image [B]; api.loss adds their batch mean to the loss
+      self.sow(PENALTY_COLLECTION, 'penalty',
+               self.kinetic_weight * sol.ys[2][-1] + self.jacobian_weight * sol.ys[3][-1])
     return y.astype(x.dtype), jnp.where(ok, logdet, jnp.nan)
 
 
