@@ -25,20 +25,20 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   import jax
-  from eiw_jax import data, evaluation, train_lib
+  from eiw_jax import data, evaluation, runs
   from eiw_jax.builder import build
   from eiw_jax.errors import UserError
   run = evaluation.get_mode(_MODE.value) if _MODE.value in evaluation.MODES else None
   if run is None:
     raise UserError(f'unknown --mode={_MODE.value}; choose one of {", ".join(evaluation.MODES)}')
   workdir = _WORKDIR.value
-  config = _CONFIG.value or train_lib.saved_config(workdir)
+  config = _CONFIG.value or runs.saved_config(workdir)
   if _MODE.value == 'summary':
     model, variables = build(config), None
   else:
     if not workdir:
       raise UserError(f'--mode={_MODE.value} needs --workdir=<a training run>')
-    model, variables, step = train_lib.load_for_eval(config, workdir)
+    model, variables, step = runs.load_for_eval(config, workdir)
     print(f'evaluating step {step} of {workdir}')
   out_dir = os.path.join(workdir, 'eval') if workdir else None
   splits = {}

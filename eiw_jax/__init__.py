@@ -3,7 +3,7 @@
 The functional API (see api.py) is re-exported here, with `load_run` (runs.py).
 """
 from eiw_jax.api import (decode, encode, forward, init, inverse, latent_shapes, log_prob, loss,
-                         sample, sample_latents, shuffle_info)
+                         loss_with_batch_stats, sample, sample_latents, shuffle_info)
 from eiw_jax.builder import build, model_config, validate
 from eiw_jax.checks import check_images
 from eiw_jax.errors import UserError
@@ -16,8 +16,8 @@ from eiw_jax.shuffle import Shuffle
 __all__ = [
     'EIWFlow', 'MultiScaleFlow', 'Shuffle', 'UserError', 'bits_per_dim', 'build',
     'check_images', 'decode', 'encode', 'flatten_latents', 'forward', 'init', 'inverse',
-    'latent_shapes', 'load_run', 'log_prob', 'loss', 'model_config', 'objective', 'sample',
-    'sample_latents', 'shuffle_info', 'to_continuous', 'to_discrete', 'unflatten_latents',
-    'validate',
+    'latent_shapes', 'load_run', 'log_prob', 'loss', 'loss_with_batch_stats', 'model_config',
+    'objective', 'sample', 'sample_latents', 'shuffle_info', 'to_continuous', 'to_discrete',
+    'unflatten_latents', 'validate',
 ]
 

@@ -59,21 +59,37 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   of the forward solves (all scales and blocks), and metric `ode_penalty` the
   kinetic / Jacobian regularisers (model.ffjord.*_weight > 0), added to the loss.
   """
+  (value, metrics), _ = _objective(model, variables, images, rng, kl_weight, [])
+  return value, metrics
+
+
+def loss_with_batch_stats(model: EIWFlow, variables, images, rng, kl_weight=None):
+  """`loss` in training mode for a model that normalises with batch statistics
+  (model.denseflow.norm='batch'): (loss, metrics, consts), where the layers use this
+  batch's statistics and `consts` holds their running averages moved toward them.
+  Put `consts` back into the variables after the update; `loss`, `log_prob` and
+  `sample` then use the running averages (an image's density per image)."""
+  (value, metrics), state = _objective(model, variables, images, rng, kl_weight, ['consts'])
+  return value, metrics, state['consts']
+
+
+def _objective(model, variables, images, rng, kl_weight, mutable):
   checks.check_images(model, images, 'loss')
-  (lp, kls), sown = model.apply(variables, images, rngs=rngs_for(rng),
-                                mutable=[FIT_COLLECTION, NFE_COLLECTION, PENALTY_COLLECTION])
-  fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown.get(FIT_COLLECTION, {}))),
-            jnp.zeros((), jnp.float32))
+  (lp, kls), state = model.apply(
+      variables, images, rngs=rngs_for(rng),
+      mutable=[*mutable, FIT_COLLECTION, NFE_COLLECTION, PENALTY_COLLECTION])
+  sown = state.pop(FIT_COLLECTION, {})
+  nfe = jax.tree.leaves(state.pop(NFE_COLLECTION, {}))
+  penalties = jax.tree.leaves(state.pop(PENALTY_COLLECTION, {}))
+  fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
-  loss, metrics = objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
-  nfe = jax.tree.leaves(sown.get(NFE_COLLECTION, {}))
-  if nfe:
+  value, metrics = objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+  if nfe:  # FFJORD backbone
     metrics = dict(metrics, nfe=sum(nfe).astype(jnp.float32))
-  penalties = jax.tree.leaves(sown.get(PENALTY_COLLECTION, {}))
   if penalties:
     penalty = sum(jnp.mean(p) for p in penalties)
-    loss, metrics = loss + penalty, dict(metrics, ode_penalty=penalty)
-  return loss, metrics
+    value, metrics = value + penalty, dict(metrics, ode_penalty=penalty)
+  return (value, metrics), state
 
 
 def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
@@ -24,16 +23,14 @@ import numpy as np
 import optax
 import tqdm
 
-from eiw_jax import api, checkpoint, config_lib, data, sharding
+from eiw_jax import api, config_lib, data, sharding
 from eiw_jax import multihost, resume, shuffle
 from eiw_jax import workdir as workdir_lib
-from eiw_jax.builder import LEGACY_VALUES, build, legacy_get, uses_batch_stats, validate
+from eiw_jax.builder import build, legacy_get, uses_batch_stats, validate
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
-from eiw_jax.losses import objective
-from eiw_jax.model import EIWFlow, rngs_for
+from eiw_jax.model import EIWFlow
 from eiw_jax.schedule import flow_lr_schedule
-from eiw_jax.shuffle.base import FIT_COLLECTION
 
 
 @flax.struct.dataclass
@@ -112,17 +109,6 @@ def init_state(model: EIWFlow, optimizer, use_ema: bool, rng, first_batch) -> Tr
                     rng=state_rng, nonfinite_streak=zero, nonfinite_total=zero)
 
 
-def _loss_and_consts(model: EIWFlow, variables, images, rng):
-  """api.loss, applied with 'consts' mutable so that batch statistics are used and their
-  running averages updated (model.denseflow.norm='batch'). Returns (loss, (metrics, consts))."""
-  (lp, kls), new = model.apply(variables, images, rngs=rngs_for(rng),
-                               mutable=['consts', FIT_COLLECTION])
-  fit = sum((jnp.sum(x) for x in jax.tree.leaves(new.get(FIT_COLLECTION, {}))),
-            jnp.zeros((), jnp.float32))
-  loss, metrics = objective(lp, kls, model.num_dims, model.kl_weight, model.kl_units, fit)
-  return loss, (metrics, new['consts'])
-
-
 def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, batch,
                batch_stats: bool = False):
   """One update. Returns (new state, metrics). Non-finite steps change nothing but counters.
@@ -135,7 +121,8 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
   def loss_fn(params):
     variables = {'params': params, 'consts': state.consts}
     if batch_stats:
-      return _loss_and_consts(model, variables, batch, rng)
+      loss, metrics, consts = api.loss_with_batch_stats(model, variables, batch, rng)
+      return loss, (metrics, consts)
     loss, metrics = api.loss(model, variables, batch, rng)
     return loss, (metrics, state.consts)
 
@@ -246,50 +233,6 @@ class Trainer:
       return state
     first = next(self.batches(train_split, 0))
     return self._init(jax.random.key(self.config.train.seed), self.global_batch(first))
-
-
-def saved_config(workdir: Optional[str]):
-  """The config a run saved in <workdir>/config.json (for eval without --config)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir or '', 'config.json')
-  if not workdir or not os.path.exists(path):
-    raise UserError(f'no config given and none saved in {workdir!r}; pass --config=configs/<dataset>.py')
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError, AttributeError) as e:  # unreadable, not JSON, not a dict
-    raise UserError(f'{path} is unreadable ({" ".join(str(e).split())}); pass '
-                    '--config=configs/<dataset>.py with the values the run used') from e
-  # Optimiser keys added since the run was saved take today's defaults (they do not
-  # change the state's structure); those whose absence means old behaviour stay absent.
-  defaults = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
-                                    train_steps=1).optim
-  if 'optim' in config:
-    for key, value in defaults.items():
-      if key not in config.optim and f'optim.{key}' not in LEGACY_VALUES:
-        config.optim[key] = value
-  return config
-
-
-def load_for_eval(config, workdir: str):
-  """(model, variables, step) from the newest readable checkpoint in `workdir`.
-
-  Read-only: writes, moves and deletes nothing under `workdir` (a trainer may be
-  saving there at the same time; its unfinished save is skipped, not removed).
-  """
-  trainer = Trainer(config, workdir)
-  restored = None
-  if checkpoint.has_checkpoint(workdir):
-    ckpt = Checkpointer(workdir, max_to_keep=None, config=config, read_only=True)
-    try:
-      restored = ckpt.restore(trainer.abstract_state(), adapters=trainer.restore_adapters())
-    finally:
-      ckpt.close()
-  if restored is None:
-    raise UserError(f'no checkpoint in {workdir}; train first: python train.py '
-                    f'--config=<config> --workdir={workdir}')
-  state, step = restored
-  return trainer.model, state.variables(), step
 
 
 def log(msg: str) -> None:

@@ -84,8 +84,8 @@ def run_name(arm: str, seed: int, kl_weight: float) -> str:
 def evaluate(config, workdir: str) -> dict:
   """Full-test-set bits/dim (+ IW bound), entropy, and the run's split changes."""
   import jax
-  from eiw_jax import data, evaluation, train_lib
-  model, variables, step = train_lib.load_for_eval(config, workdir)
+  from eiw_jax import data, evaluation, runs
+  model, variables, step = runs.load_for_eval(config, workdir)
   if step != config.train.num_steps:  # training stopped early (SIGTERM saves and returns)
     sys.exit(f'{workdir} stopped at step {step}; rerun to resume')
   splits = {}
@@ -112,10 +112,10 @@ def halves(workdir: str, num: int = 1000) -> dict:
   after the Shuffle, on the first `num` test images."""
   import jax
   import numpy as np
-  from eiw_jax import data, shuffle, train_lib
+  from eiw_jax import data, runs, shuffle
   from eiw_jax.evaluation.transitions import channel_orders, transition_tensors
-  config = train_lib.saved_config(workdir)
-  model, variables, _ = train_lib.load_for_eval(config, workdir)
+  config = runs.saved_config(workdir)
+  model, variables, _ = runs.load_for_eval(config, workdir)
   images = data.load_split(config.data, 'test').images[:num]
   us = transition_tensors(model, variables, images, jax.random.key(0))
   orders = channel_orders(model, variables, [u.shape[-1] for u in us])

@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -211,6 +212,16 @@ def test_an_images_log_prob_does_not_depend_on_its_batch(tiny):
   np.testing.assert_array_equal(np.asarray(log_prob(variables, images[:2], key)), full[:2])
   np.testing.assert_array_equal(
       np.asarray(log_prob(variables, jnp.concatenate([images, images]), key))[:4], full)
+
+
+def test_loss_with_batch_stats_is_the_loss_and_hands_back_the_consts(tiny):
+  model, variables, images, _ = tiny  # no BatchNorm here: the consts come back as they were
+  key = jax.random.key(4)
+  value, metrics = eiw_jax.loss(model, variables, images, key)
+  value_b, metrics_b, consts = eiw_jax.loss_with_batch_stats(model, variables, images, key)
+  np.testing.assert_array_equal(value, value_b)
+  assert metrics.keys() == metrics_b.keys()
+  chex.assert_trees_all_equal(consts, variables['consts'])
 
 
 # 8. Shapes, keys, return values and docstrings agree with one another.

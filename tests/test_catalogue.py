@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import checksums, cli, train_lib, train_monitor
+from eiw_jax import checksums, cli, runs, train_lib, train_monitor
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
@@ -195,13 +195,13 @@ def test_config_json_that_is_a_directory(tmp_path):
 def test_saved_config_that_is_not_an_object(tmp_path):
   (tmp_path / 'config.json').write_text('[1, 2, 3]')
   with pytest.raises(UserError, match='config.json is unreadable'):
-    train_lib.saved_config(str(tmp_path))
+    runs.saved_config(str(tmp_path))
 
 
 def test_eval_of_a_workdir_that_is_a_file(tmp_path):
   (tmp_path / 'f').write_text('x')
   with pytest.raises(UserError, match='no checkpoint in'):
-    train_lib.load_for_eval(smoke_config(), str(tmp_path / 'f'))
+    runs.load_for_eval(smoke_config(), str(tmp_path / 'f'))
   assert (tmp_path / 'f').read_text() == 'x'
 
 

@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import checksums, cli, train_lib, train_monitor
+from eiw_jax import checksums, cli, runs, train_lib, train_monitor
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
@@ -84,7 +84,7 @@ def test_eval_leaves_a_running_trainers_files_alone(copy, capsys):
   open(os.path.join(tmp, 'default', 'manifest.ocdbt'), 'w').close()
   _corrupt(os.path.join(copy, 'checkpoints', '2'))
   before = _snapshot(copy)
-  _, variables, step = train_lib.load_for_eval(config(), copy)
+  _, variables, step = runs.load_for_eval(config(), copy)
   assert step == 1 and variables['params']
   assert 'step 2 is unreadable' in capsys.readouterr().err
   assert _snapshot(copy) == before  # nothing cleaned, moved or written
@@ -239,7 +239,7 @@ def test_corrupt_config_json_seen_by_eval(copy):
   with open(os.path.join(copy, 'config.json'), 'w') as f:
     f.write('{"model": {"hidden": 8,')
   with pytest.raises(UserError, match='config.json is unreadable .*pass --config='):
-    train_lib.saved_config(copy)
+    runs.saved_config(copy)
 
 
 @pytest.mark.parametrize('where', ['metrics', 'checkpoint'])

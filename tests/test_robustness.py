@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import api, cli, data, train_lib
+from eiw_jax import api, cli, data, runs, train_lib
 from eiw_jax.bijectors import Coupling
 from eiw_jax.builder import build
 from eiw_jax.checkpoint import Checkpointer
@@ -217,7 +217,7 @@ def test_eval_without_a_checkpoint_writes_nothing(tmp_path, layout):
     (workdir / 'checkpoints' / '2.orbax-checkpoint-tmp-1').mkdir(parents=True)
   before = _snapshot(str(workdir))
   with pytest.raises(UserError, match='no checkpoint in .*; train first'):
-    train_lib.load_for_eval(smoke_config(), str(workdir))
+    runs.load_for_eval(smoke_config(), str(workdir))
   assert _snapshot(str(workdir)) == before
 
 
@@ -355,7 +355,7 @@ def test_flag_typos_are_one_line_exit_2(args, words, monkeypatch, capsys):
 
 
 def test_trained_model_round_trips(ref):
-  model, variables, step = train_lib.load_for_eval(smoke_config(), ref)
+  model, variables, step = runs.load_for_eval(smoke_config(), ref)
   assert step == NUM_STEPS
   images = data.load_split(smoke_config().data, 'test').images[:8]
   y = to_continuous(jnp.asarray(images, jnp.int32), 8)

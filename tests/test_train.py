@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from eiw_jax import train_lib
+from eiw_jax import runs, train_lib
 from eiw_jax.config_lib import base_config, smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +54,8 @@ def test_resume_continues_and_matches_uninterrupted(trained, tmp_path, capsys):
   assert 'resumed from step 4' in capsys.readouterr().err
   fresh = str(tmp_path / 'fresh')
   train_lib.train_and_evaluate(smoke_config(num_steps=6), fresh)
-  _, resumed_vars, step_a = train_lib.load_for_eval(smoke_config(num_steps=6), workdir)
-  _, fresh_vars, step_b = train_lib.load_for_eval(smoke_config(num_steps=6), fresh)
+  _, resumed_vars, step_a = runs.load_for_eval(smoke_config(num_steps=6), workdir)
+  _, fresh_vars, step_b = runs.load_for_eval(smoke_config(num_steps=6), fresh)
   assert step_a == step_b == 6
   for a, b in zip(jax.tree.leaves(resumed_vars), jax.tree.leaves(fresh_vars)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
