@@ -60,8 +60,9 @@ from eiw_jax.bijectors import ActNorm, Bijector, sum_event, zero_logdet
 
 SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5, 'bosh3': diffrax.Bosh3,
            'heun': diffrax.Heun, 'euler': diffrax.Euler}
-# Vector-field evaluations per step (first-same-as-last stages counted once).
-_EVALS_PER_STEP = {'dopri5': 6, 'tsit5': 6, 'bosh3': 3, 'heun': 2, 'euler': 1}
+# Vector-field evaluations (per step, at the start): the first-same-as-last solvers
+# evaluate f once before the first step and reuse each step's last stage.
+_EVALS = {'dopri5': (6, 1), 'tsit5': (6, 1), 'bosh3': (3, 1), 'heun': (2, 0), 'euler': (1, 0)}
 ADJOINTS = ('recursive_checkpoint', 'backsolve', 'forward')
 TRACES = ('hutchinson', 'exact')
 PROBES = ('rademacher', 'gaussian')
@@ -234,7 +235,8 @@ class CNFBlock(Bijector):
     y, logdet = sol.ys[0][-1], sol.ys[1][-1]
     ok = sol.result == diffrax.RESULTS.successful
     steps = sol.stats['num_steps']
-    self.sow(NFE_COLLECTION, 'nfe', _EVALS_PER_STEP[self.solver] * steps + 1)
+    per_step, first = _EVALS[self.solver]
+    self.sow(NFE_COLLECTION, 'nfe', per_step * steps + first)
     if penalties:  # per image [B]; api.loss adds their batch mean to the loss
       self.sow(PENALTY_COLLECTION, 'penalty',
                self.kinetic_weight * sol.ys[2][-1] + self.jacobian_weight * sol.ys[3][-1])
