@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax import checks
+from eiw_jax.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
 from eiw_jax.shuffle import channel_order, factored_mask, transition_scores
@@ -54,6 +55,9 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
 
   The loss also holds the Shuffle reading's own fitting loss (metric
   `shuffle_fit`; 'likelihood' and 'oracle' only), which trains no flow parameter.
+  With the FFJORD backbone, metric `nfe` is the number of dynamics-net evaluations
+  of the forward solves (all scales and blocks), and metric `ode_penalty` the
+  kinetic / Jacobian regularisers (model.ffjord.*_weight > 0), added to the loss.
   """
   (value, metrics), _ = _objective(model, variables, images, rng, kl_weight, [])
   return value, metrics
@@ -71,12 +75,21 @@ def loss_with_batch_stats(model: EIWFlow, variables, images, rng, kl_weight=None
 
 def _objective(model, variables, images, rng, kl_weight, mutable):
   checks.check_images(model, images, 'loss')
-  (lp, kls), state = model.apply(variables, images, rngs=rngs_for(rng),
-                                 mutable=[*mutable, FIT_COLLECTION])
+  (lp, kls), state = model.apply(
+      variables, images, rngs=rngs_for(rng),
+      mutable=[*mutable, FIT_COLLECTION, NFE_COLLECTION, PENALTY_COLLECTION])
   sown = state.pop(FIT_COLLECTION, {})
+  nfe = jax.tree.leaves(state.pop(NFE_COLLECTION, {}))
+  penalties = jax.tree.leaves(state.pop(PENALTY_COLLECTION, {}))
   fit = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
   weight = model.kl_weight if kl_weight is None else kl_weight
-  return objective(lp, kls, model.num_dims, weight, model.kl_units, fit), state
+  value, metrics = objective(lp, kls, model.num_dims, weight, model.kl_units, fit)
+  if nfe:  # FFJORD backbone
+    metrics = dict(metrics, nfe=sum(nfe).astype(jnp.float32))
+  if penalties:
+    penalty = sum(jnp.mean(p) for p in penalties)
+    value, metrics = value + penalty, dict(metrics, ode_penalty=penalty)
+  return (value, metrics), state
 
 
 def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:

@@ -11,6 +11,7 @@ import functools
 import jax.numpy as jnp
 import ml_collections
 
+from eiw_jax import ffjord
 from eiw_jax.denseflow import DenseFlowDequantizer, DenseFlowScale, denseflow_74_10
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
 from eiw_jax.errors import UserError
@@ -21,7 +22,7 @@ from eiw_jax.model import EIWFlow
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """The model keys with defaults (Glow-style backbone, the paper's Shuffle)."""
   cfg = ml_collections.ConfigDict(dict(
-      backbone='glow',          # 'glow' (N Glow steps per scale) or 'denseflow'
+      backbone='glow',          # 'glow' (N Glow steps per scale), 'denseflow' or 'ffjord'
       num_scales=3,             # K
       num_steps=6,              # N flow steps per scale (glow backbone)
       hidden=512,               # conditioner width (glow backbone)
@@ -49,6 +50,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dequant_hidden=32,
       compute_dtype='float32',  # conditioner nets: 'float32' or 'bfloat16' (logdets stay float32)
       denseflow=ml_collections.ConfigDict(),  # backbone='denseflow' settings
+      ffjord=ml_collections.ConfigDict(),  # backbone='ffjord' settings (ffjord_config)
   ))
   unknown = sorted(set(overrides) - set(cfg.keys()))
   if unknown:
@@ -68,7 +70,7 @@ NORMS = ('group', 'batch')
 SHUFFLE_MODES = ('likelihood', 'kl', 'random', 'oracle')
 # Model keys that old saved configs may lack (LEGACY_VALUES, or read with .get).
 LEGACY_KEYS = {name.split('.')[1] for name in LEGACY_VALUES if name.startswith('model.')} | {
-    'shuffle_seed', 'shuffle_statistic', 'kl_units', 'compute_dtype'}
+    'shuffle_seed', 'shuffle_statistic', 'kl_units', 'compute_dtype', 'ffjord'}
 
 
 def legacy_get(config, name: str):
@@ -121,8 +123,10 @@ def validate(config) -> None:
         f'data.image_size={d.image_size} is not divisible by {factor} (2^(num_scales-1'
         f'{"+1" if m.initial_squeeze else ""})); use fewer scales (--config.model.num_scales) '
         f'or an image size divisible by {factor}')
-  if m.backbone not in ('glow', 'denseflow'):
-    raise UserError(f"model.backbone must be 'glow' or 'denseflow', got {m.backbone!r}")
+  if m.backbone not in BACKBONES:
+    raise UserError(f"model.backbone must be 'glow', 'denseflow' or 'ffjord', got {m.backbone!r}")
+  if m.backbone == 'ffjord':
+    _check_ffjord(m)
   if m.backbone == 'denseflow' and 'units' not in m.denseflow:
     raise UserError("model.backbone='denseflow' needs the model.denseflow settings, which "
                     'this config lacks; use a DenseFlow config (configs/cifar10.py)')
@@ -176,7 +180,7 @@ def _check_sizes(m) -> None:
     keys += ['num_steps', 'hidden']
   if m.get('shuffle', True):
     keys += ['shuffle_reduction', 'solver_layers']
-  if m.get('dequantizer') == 'variational' and m.get('backbone', 'glow') == 'glow':
+  if m.get('dequantizer') == 'variational' and m.get('backbone', 'glow') != 'denseflow':
     keys += ['dequant_steps', 'dequant_hidden']
   for key in keys:
     if not _positive_int(m[key]):
@@ -186,6 +190,55 @@ def _check_sizes(m) -> None:
   if m.get('coupling') == 'affine' and not bound > 0:
     raise UserError(f'model.log_scale_bound must be > 0 (log-scales are b*tanh(s/b)), got '
                     f'{bound}; set --config.model.log_scale_bound=2.0')
+
+
+BACKBONES = ('glow', 'denseflow', 'ffjord')
+_FFJORD_CHOICES = dict(solver=tuple(ffjord.SOLVERS), trace=ffjord.TRACES, probe=ffjord.PROBES,
+                       adjoint=ffjord.ADJOINTS, time_layer=ffjord.TIME_LAYERS)
+
+
+def _check_ffjord(m) -> None:
+  """model.ffjord holds every key of ffjord_defaults() with a usable value."""
+  f = m.get('ffjord') or {}
+  defaults = ffjord.ffjord_defaults()
+  if not f:
+    raise UserError("model.backbone='ffjord' needs the model.ffjord settings, which this "
+                    'config lacks; start from eiw_jax.builder.ffjord_config() or cifar10.py:ffjord')
+  unknown = sorted(set(f.keys()) - set(defaults))
+  if unknown:
+    raise UserError(f'unknown key model.ffjord.{unknown[0]}; the keys are: {", ".join(defaults)}')
+  missing = [k for k in defaults if k not in f]
+  if missing:
+    raise UserError(f'model.ffjord has no key {missing[0]!r}; set --config.model.ffjord.'
+                    f'{missing[0]}={defaults[missing[0]]}')
+  for key, allowed in _FFJORD_CHOICES.items():
+    if f[key] not in allowed:
+      raise UserError(f'model.ffjord.{key} must be one of {", ".join(allowed)}, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}={defaults[key]}')
+  for key in ('blocks', 'hidden', 'layers', 'max_steps'):
+    if not _positive_int(f[key]):
+      raise UserError(f'model.ffjord.{key} must be an integer >= 1, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}={defaults[key]}')
+  for key in ('kinetic_weight', 'jacobian_weight'):
+    if not 0 <= f[key] < float('inf'):
+      raise UserError(f'model.ffjord.{key} must be >= 0 and finite, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}=0 (off)')
+  if f.jacobian_weight and f.trace != 'hutchinson':
+    raise UserError("model.ffjord.jacobian_weight > 0 needs model.ffjord.trace='hutchinson'; "
+                    'set --config.model.ffjord.trace=hutchinson')
+  for key in ('rtol', 'atol'):
+    if not 0 < f[key] < 1:
+      raise UserError(f'model.ffjord.{key} must be in (0, 1), got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}=1e-5')
+  if not isinstance(f.fixed_steps, int) or f.fixed_steps < 0:
+    raise UserError(f'model.ffjord.fixed_steps must be an integer >= 0 (0: adaptive), got '
+                    f'{f.fixed_steps!r}; set --config.model.ffjord.fixed_steps=0')
+  if f.fixed_steps and f.fixed_steps > f.max_steps:
+    raise UserError(f'model.ffjord.fixed_steps={f.fixed_steps} exceeds model.ffjord.max_steps='
+                    f'{f.max_steps}; raise max_steps')
+  if m.get('compute_dtype', 'float32') != 'float32':
+    raise UserError("model.backbone='ffjord' solves its ODE in float32; set "
+                    '--config.model.compute_dtype=float32')
 
 
 # The conditioners' compute dtype (None: float32); parameters stay float32.
@@ -202,6 +255,21 @@ def _denseflow_body(k, name, units, modules, net, dequant, **scale_kwargs):
   del dequant  # the dequantizer's settings
   return DenseFlowScale(num_units=units[k], num_modules=modules[k], name=name,
                         **net, **scale_kwargs)
+
+
+def _ffjord_body(k, name, blocks, actnorm, **block):
+  del k  # every scale has the same structure
+  return ffjord.FFJORDScale(blocks=blocks, actnorm=actnorm, block=block, name=name)
+
+
+def ffjord_config(**overrides) -> ml_collections.ConfigDict:
+  """The model keys of a multi-scale FFJORD with the Shuffle at its transitions: the
+  discrete backbone's assembly (squeeze, Shuffle, split) around CNF scale bodies,
+  uniform dequantization and no initial squeeze (the first CNF sees the image)."""
+  cfg = model_config(backbone='ffjord', initial_squeeze=False)
+  cfg.ffjord = ml_collections.ConfigDict(ffjord.ffjord_defaults())
+  cfg.update(overrides)
+  return cfg
 
 
 def denseflow_config(**overrides) -> ml_collections.ConfigDict:
@@ -233,6 +301,8 @@ def build(config) -> EIWFlow:
       step['dtype'] = dtype  # GlowStep.dtype -> its ConvNet conditioner
     body = functools.partial(_glow_body, num_steps=m.num_steps, scan=m.scan,
                              invertible_grad=m.invertible_grad, **step)
+  elif m.backbone == 'ffjord':
+    body = functools.partial(_ffjord_body, **m.ffjord.to_dict())
   else:
     body = functools.partial(_denseflow_body, lu=m.lu, log_scale_bound=m.log_scale_bound,
                              invertible_grad=m.invertible_grad, dtype=dtype,

@@ -9,7 +9,7 @@ import difflib
 import ml_collections
 
 from eiw_jax import augment
-from eiw_jax.builder import denseflow_config, model_config, validate
+from eiw_jax.builder import denseflow_config, ffjord_config, model_config, validate
 from eiw_jax.errors import UserError
 from eiw_jax.losses import kl_scale
 
@@ -151,6 +151,27 @@ def denseflow_base(*, name: str, image_size: int, batch_size: int, train_steps: 
   return cfg
 
 
+def ffjord_base(*, name: str, image_size: int, channels: int, batch_size: int,
+                train_steps: int, num_scales: int, **ffjord) -> ml_collections.ConfigDict:
+  """A multi-scale FFJORD with the Shuffle at its transitions (the paper's Table 6,
+  CNF column): lambda = 1e-4, Table 6's best for continuous flows; `ffjord` overrides
+  model.ffjord's keys (eiw_jax/ffjord.py)."""
+  cfg = base_config(name=name, image_size=image_size, channels=channels,
+                    batch_size=batch_size, train_steps=train_steps)
+  cfg.model = ffjord_config(num_scales=num_scales, kl_weight=1e-4)
+  cfg.model.ffjord.update(ffjord)
+  return cfg
+
+
+def split_variant(arg, backbone: str):
+  """('ffjord_smoke', 'ffjord') -> (True, 'smoke'); ('smoke', 'ffjord') -> (False, 'smoke'):
+  whether a config argument names the `backbone` variant, and the rest of it."""
+  arg = arg or ''
+  if arg == backbone or arg.startswith(backbone + '_'):
+    return True, arg[len(backbone) + 1:]
+  return False, arg
+
+
 def paper_training(cfg, *, train_size: int, epochs: int, finetune_epochs: int,
                    augment: str, iw_samples: int) -> None:
   """DenseFlow's recipe in place: `epochs` at optim.lr, then `finetune_epochs` at 2e-5.
@@ -205,6 +226,8 @@ def glow_small(cfg) -> None:
 def smoke(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: for tests and CI (seconds on a CPU)."""
   cfg.model.update(num_steps=1, hidden=8, shuffle_reduction=4, dequant_steps=1, dequant_hidden=8)
+  if cfg.model.backbone == 'ffjord':
+    cfg.model.ffjord.update(blocks=1, hidden=8, layers=2, rtol=1e-3, atol=1e-3)
   if cfg.model.backbone == 'denseflow':
     k = cfg.model.num_scales
     tiny_denseflow(cfg, units=(2,) * (k - 1) + (1,), modules=(1,) * k)

@@ -77,8 +77,9 @@ class Monitor:
     self._last_time, self._last_step, self._input_s = now, step, 0.0
     record.update(extra or {})
     record = {'step': step, **record}
+    nfe = {'nfe': f'{record["nfe"]:.0f}'} if 'nfe' in record else {}  # FFJORD backbone
     self.pbar.set_postfix(bpd=f'{record["bpd"]:.3f}', img_s=f'{record["images_per_s"]:.1f}',
-                          refresh=False)
+                          **nfe, refresh=False)
     self._write(record)
     return record
 

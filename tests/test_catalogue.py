@@ -21,9 +21,11 @@ pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptio
 
 # id: (dotted key -> value, words the one-line message must hold)
 BAD_VALUES = {
-    'backbone': ({'model.backbone': 'resnet'}, "model.backbone must be 'glow' or 'denseflow'"),
+    'backbone': ({'model.backbone': 'resnet'},
+                 "model.backbone must be 'glow', 'denseflow' or 'ffjord'"),
     'denseflow_without_settings': ({'model.backbone': 'denseflow'},
                                    'needs the model.denseflow settings'),
+    'ffjord_without_settings': ({'model.backbone': 'ffjord'}, 'needs the model.ffjord settings'),
     'coupling': ({'model.coupling': 'spline'}, "model.coupling must be 'affine' or 'additive'"),
     'dequantizer': ({'model.dequantizer': 'gaussian'}, 'model.dequantizer must be'),
     'split_prior': ({'model.split_prior': 'learned'}, 'model.split_prior must be'),
