@@ -39,7 +39,7 @@ def _check_shape(model, x, what: str, where: str) -> None:
 def check_images(model, images, where: str = 'images') -> None:
   """Integer images [B, H, W, C] of the model's shape with values in [0, 2^b)."""
   _check_shape(model, images, 'integer images', where)
-  dtype = jnp.asarray(images).dtype if not hasattr(images, 'dtype') else images.dtype
+  dtype = images.dtype  # an array: _check_shape read its ndim
   if not jnp.issubdtype(dtype, jnp.integer):
     raise UserError(
         f'{where}: expects integer images in [0, {2**model.num_bits}) ({model.num_bits}-bit); got '
