@@ -72,8 +72,8 @@ def main(argv):
     result['device_scaling_step_s'] = bench_lib.device_scaling(base, [int(n) for n in _DEVICES.value])
   print(f'{"":24s}' + ''.join(f'{n:>16s}' for n in names))
   for key in ('train_images_per_s', 'sample_images_per_s', 'compile_s', 'peak_memory_bytes',
-              'flops_per_step', 'achieved_flops_per_s', 'params', 'init_s', 'first_step_s',
-              'peak_rss_bytes', 'cached_first_step_s'):
+              'flops_per_step', 'achieved_flops_per_s', 'params', 'in_process_init_s', 'init_s',
+              'first_step_s', 'peak_rss_bytes', 'cached_first_step_s'):
     if key in result[names[0]]:
       print(f'{key:24s}' + ''.join(f'{result[n][key]:16.4g}' for n in names))
   if 'peer_ratio' in result:

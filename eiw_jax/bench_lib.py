@@ -49,9 +49,11 @@ class _Model:
   """One model's compiled training step, its state and its sampler."""
 
   def __init__(self, config):
+    t0 = time.perf_counter()
     self.trainer = Trainer(config, workdir='')
     self.batch = _random_batch(self.trainer)
-    self.state = self.trainer._init(jax.random.key(0), self.batch)  # pylint: disable=protected-access
+    self.state = jax.block_until_ready(self.trainer._init(jax.random.key(0), self.batch))  # pylint: disable=protected-access
+    self.init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     self.step = self.trainer._step.lower(self.state, self.batch).compile()  # pylint: disable=protected-access
     self.compile_s = time.perf_counter() - t0
@@ -115,6 +117,7 @@ def compare(config, *, names=('eiw', 'vanilla'), rounds: int = 5, steps: int = 5
     flops = flops_per_step(m.trainer.config) if count_flops else float('nan')
     result[name] = dict(
         train_images_per_s=batch / step_s, step_s=step_s, compile_s=m.compile_s,
+        in_process_init_s=m.init_s,
         sample_images_per_s=(m.sample_images_per_s(batch, sample_iters) if sample
                              else float('nan')),
         peak_memory_bytes=m.peak_memory_bytes, flops_per_step=flops,

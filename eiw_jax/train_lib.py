@@ -24,7 +24,7 @@ import optax
 import tqdm
 
 from eiw_jax import api, config_lib, data, sharding
-from eiw_jax import multihost, resume, shuffle
+from eiw_jax import multihost, resume, shuffle, xla_options
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import build, legacy_get, uses_batch_stats, validate
 from eiw_jax.checkpoint import Checkpointer
@@ -169,7 +169,7 @@ def _programs(key: str, mesh):
   model, optimizer = build(config), make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
   init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
-                 out_shardings=replicated)
+                 out_shardings=replicated, compiler_options=xla_options.run_once())
   step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                                    batch_stats=uses_batch_stats(config)),
                  donate_argnums=0, out_shardings=(replicated, replicated))

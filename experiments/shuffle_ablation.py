@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import ablation_report
 
 _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'configs/<dataset>.py to start from.')
+_BACKBONE = flags.DEFINE_enum(
+    'backbone', 'glow', ['glow', 'ffjord'],
+    "glow: the shared small Glow model below; ffjord: the dataset's ':ffjord' continuous "
+    'flow unchanged (its base λ is 1e-4, Table 6\'s best for continuous flows).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/ablation', 'One sub-directory per run.')
 _STEPS = flags.DEFINE_integer('steps', 2000, 'Training steps per run.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every arm.')
@@ -44,30 +49,49 @@ _LAMBDAS = flags.DEFINE_list('lambdas', ['1e-1', '1e-2', '1e-4'],
                              'Extra λ for the best reading (the arms use the default 1e-3).')
 _SWEEP_SEEDS = flags.DEFINE_list('sweep_seeds', ['0', '1', '2'], 'Seeds of the λ sweep.')
 _IW = flags.DEFINE_integer('iw_samples', 4, 'k of the importance-weighted test bound.')
+_EVAL_EXAMPLES = flags.DEFINE_integer(
+    'eval_examples', 0, 'Test images of the final evaluation (0: all); --backbone=ffjord only.')
 _DOCS = flags.DEFINE_string('docs', 'docs', 'Where RESULTS.md and the plot go.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
 _REVERSE = flags.DEFINE_bool('reverse', False, 'Take the runs from the end of the plan.')
 _ADD_HALVES = flags.DEFINE_bool('add_halves', False,
                                 'Add the halves\' statistics to finished runs that lack them.')
 
-BASE_LAMBDA = 1e-3
+BASE_LAMBDA = {'glow': 1e-3, 'ffjord': 1e-4}
 SOLVER_ARMS = ('kl', 'likelihood')
 FROZEN = '_frozen'  # arm-name suffix: the reading with optim.shuffle_freeze_after set
 DIVERGENCE = '_divergence'  # arm-name suffix: model.shuffle_statistic='divergence'
 
 
+def base_lambda() -> float:
+  return BASE_LAMBDA[_BACKBONE.value]
+
+
 def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: float):
-  """The shared small model (the paper's fixed N(0, I) split prior) with one arm's Shuffle."""
+  """The shared small model (the paper's fixed N(0, I) split prior) with one arm's Shuffle,
+  or with --backbone=ffjord the dataset's continuous flow with that Shuffle."""
   import importlib
-  cfg = importlib.import_module(f'configs.{dataset}').get_config()
+  get_config = importlib.import_module(f'configs.{dataset}').get_config
+  shuffle = dict(shuffle=arm != 'vanilla',
+                 shuffle_mode='likelihood' if arm == 'vanilla' else arm.split('_')[0],
+                 shuffle_statistic='divergence' if DIVERGENCE in arm else 'nll',
+                 shuffle_seed=seed, kl_weight=kl_weight)
+  freeze = _FREEZE_AFTER.value if FROZEN in arm else 0
+  if _BACKBONE.value == 'ffjord':
+    cfg = get_config('ffjord')
+    cfg.model.update(**shuffle)
+    cfg.optim.shuffle_freeze_after = freeze
+    cfg.train.update(num_steps=steps, seed=seed, log_every=25, eval_every=steps,
+                     checkpoint_every=100, keep_checkpoints=2, eval_examples=500,
+                     num_samples=16)
+    cfg.eval.update(batch_size=500, num_examples=_EVAL_EXAMPLES.value,
+                    iw_samples=_IW.value, entropy_examples=500)
+    return cfg
+  cfg = get_config()
   cfg.model.update(num_scales=2, num_steps=4, hidden=64, split_prior='standard',
-                   learned_base=True, dequantizer='uniform', shuffle=arm != 'vanilla',
-                   shuffle_mode='likelihood' if arm == 'vanilla' else arm.split('_')[0],
-                   shuffle_statistic='divergence' if DIVERGENCE in arm else 'nll',
-                   shuffle_seed=seed, kl_weight=kl_weight)
+                   learned_base=True, dequantizer='uniform', **shuffle)
   cfg.data.batch_size = 64
-  cfg.optim.update(lr=5e-4, warmup_steps=200,
-                   shuffle_freeze_after=_FREEZE_AFTER.value if FROZEN in arm else 0)
+  cfg.optim.update(lr=5e-4, warmup_steps=200, shuffle_freeze_after=freeze)
   cfg.train.update(num_steps=steps, seed=seed, log_every=50, eval_every=steps,
                    checkpoint_every=250, keep_checkpoints=2, eval_examples=1000,
                    num_samples=16)
@@ -77,7 +101,7 @@ def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: fl
 
 
 def run_name(arm: str, seed: int, kl_weight: float) -> str:
-  lam = '' if kl_weight == BASE_LAMBDA or arm not in SOLVER_ARMS else f'_lam{kl_weight:g}'
+  lam = '' if math.isclose(kl_weight, base_lambda()) or arm not in SOLVER_ARMS else f'_lam{kl_weight:g}'
   return f'{arm}{lam}_s{seed}'
 
 
@@ -171,16 +195,16 @@ def _train_and_evaluate(arm, seed, kl_weight, name, workdir, result_path):
     json.dump(result, f, indent=1)
   os.replace(tmp, result_path)
   print(f'{name}: test bpd {result["bpd"]["bpd"]:.4f}', file=sys.stderr)
-  ablation_report.write(ablation_report.load_results(_WORKDIR.value), _DOCS.value, _command())
+  _report()
 
 
 def plan(results) -> list:
   """(arm, seed, λ) of every run, the arms first (seed by seed), then the λ sweep of
   the reading with the lowest mean test bits/dim once all of its arm runs are in."""
   seeds = [int(s) for s in _SEEDS.value]
-  runs = [(arm, s, BASE_LAMBDA) for s in seeds for arm in _ARMS.value]
-  runs += [(arm + FROZEN, s, BASE_LAMBDA) for s in seeds for arm in _FROZEN.value]
-  best = ablation_report.best_reading(results, SOLVER_ARMS, len(seeds))
+  runs = [(arm, s, base_lambda()) for s in seeds for arm in _ARMS.value]
+  runs += [(arm + FROZEN, s, base_lambda()) for s in seeds for arm in _FROZEN.value]
+  best = ablation_report.best_reading(results, SOLVER_ARMS, len(seeds), base_lambda())
   if best is not None:
     runs += [(best, int(s), float(lam)) for s in _SWEEP_SEEDS.value for lam in _LAMBDAS.value]
   return runs
@@ -201,7 +225,7 @@ def main(argv):
         break
     else:
       time.sleep(30)  # everything left is being trained by other processes
-  ablation_report.write(ablation_report.load_results(_WORKDIR.value), _DOCS.value, _command())
+  _report()
 
 
 def add_halves() -> None:
@@ -217,10 +241,23 @@ def add_halves() -> None:
     os.replace(path + '.tmp', path)
 
 
+def _report() -> None:
+  results = ablation_report.load_results(_WORKDIR.value)
+  if _BACKBONE.value == 'ffjord':
+    ablation_report.write_cnf(results, _DOCS.value, _command(), base_lambda())
+  else:
+    ablation_report.write(results, _DOCS.value, _command())
+
+
 def _command() -> str:
-  return ('python experiments/shuffle_ablation.py '
-          f'--dataset={_DATASET.value} --workdir={_WORKDIR.value} --steps={_STEPS.value} '
-          f'--seeds={",".join(_SEEDS.value)} --sweep_seeds={",".join(_SWEEP_SEEDS.value)}')
+  command = ('python experiments/shuffle_ablation.py '
+             f'--dataset={_DATASET.value} --workdir={_WORKDIR.value} --steps={_STEPS.value} '
+             f'--seeds={",".join(_SEEDS.value)}')
+  if _BACKBONE.value == 'glow':
+    return command + f' --sweep_seeds={",".join(_SWEEP_SEEDS.value)}'
+  return (command + f' --backbone=ffjord --arms={",".join(_ARMS.value)} '
+          f'--frozen_arms={",".join(_FROZEN.value)} --lambdas={",".join(_LAMBDAS.value)} '
+          f'--iw_samples={_IW.value} --eval_examples={_EVAL_EXAMPLES.value}')
 
 
 if __name__ == '__main__':

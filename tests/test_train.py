@@ -1,10 +1,12 @@
 """The pipeline end to end on the smoke config and tiny generated data: train,
 checkpoint, resume, evaluate; and the command line's errors."""
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -117,3 +119,20 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     assert len(errors) == 1, (args, proc.stderr)
     assert 'Traceback' not in proc.stderr
   assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_trainer_init_compiled_for_one_run_matches_a_default_compile():
+  """The trainer compiles its init with fewer LLVM passes on CPU (xla_options.run_once);
+  the state must be a default compile's, to float32 rounding."""
+  cfg = smoke_config()
+  trainer = train_lib.Trainer(cfg, workdir='')
+  batch = trainer.global_batch(
+      np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.int32))
+  default = jax.jit(functools.partial(train_lib.init_state, trainer.model, trainer.optimizer,
+                                      cfg.optim.ema_decay > 0))
+  key = jax.random.key(3)
+  plain = lambda tree: jax.tree.map(
+      lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+      else x, tree)
+  chex.assert_trees_all_close(plain(trainer._init(key, batch)), plain(default(key, batch)),  # pylint: disable=protected-access
+                              rtol=1e-5, atol=1e-6)
