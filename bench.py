@@ -7,7 +7,7 @@
 
 Prints a table and writes JSON (keys per model: train_images_per_s,
 sample_images_per_s, compile_s, peak_memory_bytes, flops_per_step, and from a
-fresh process per model: init_s, step_ready_s, first_step_s, peak_rss_bytes, and the same with
+fresh process per model: init_s, first_step_s, peak_rss_bytes, and the same with
 a warm compilation cache as cached_*). --peer_json takes the JSON line that
 ../shared/peer/bench_denseflow.py prints (DenseFlow's PyTorch code) and adds
 peer_ratio: EIW's training images/s over the peer's.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import threading
 import time
 from typing import Any
 
@@ -205,14 +204,6 @@ class Trainer:
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
-  def compile_step_in_background(self) -> 'CompiledStep':
-    """Starts compiling the training step for the abstract state and batch in a
-    thread, so that it compiles while the init compiles and runs (or a checkpoint is
-    read): XLA:CPU compiles one program on about one core, and the two compiles of
-    the paper model took 187 s side by side against 327 s one after the other."""
-    return CompiledStep(lambda: self._step.lower(self.abstract_state(),
-                                                 self.abstract_batch()).compile())
-
   def global_batch(self, local: np.ndarray) -> jax.Array:
     return sharding.put_global_batch(local.astype(np.int32), self.mesh)
 
@@ -242,31 +233,6 @@ class Trainer:
       return state
     first = next(self.batches(train_split, 0))
     return self._init(jax.random.key(self.config.train.seed), self.global_batch(first))
-
-
-class CompiledStep:
-  """A program compiled in a daemon thread (a failed start does not wait for it).
-  `get()` waits for it and re-raises the compile's exception, if any; `seconds` is
-  how long the compile itself took."""
-
-  def __init__(self, compile_fn):
-    self._compile_fn, self._result, self._error, self.seconds = compile_fn, None, None, None
-    self._thread = threading.Thread(target=self._run, name='compile-step', daemon=True)
-    self._thread.start()
-
-  def _run(self):
-    t0 = time.perf_counter()
-    try:
-      self._result = self._compile_fn()
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
-    self.seconds = time.perf_counter() - t0
-
-  def get(self):
-    self._thread.join()
-    if self._error is not None:
-      raise self._error
-    return self._result
 
 
 def log(msg: str) -> None:
@@ -335,10 +301,8 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
   from eiw_jax import train_monitor
   ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
   t = config.train
-  compiled_step = trainer.compile_step_in_background()
   try:
     state = trainer.init_or_restore(ckpt, train_split)
-    train_step_fn = compiled_step.get()
   except BaseException:
     ckpt.close()
     raise
@@ -358,7 +322,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         t0 = time.perf_counter()
         batch = trainer.global_batch(next(batches))
         input_s = time.perf_counter() - t0
-        state, metrics = train_step_fn(state, batch)
+        state, metrics = trainer._step(state, batch)
         monitor.tick(input_s, metrics)
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)

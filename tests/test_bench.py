@@ -22,9 +22,7 @@ def test_bench_writes_start_up_memory_and_the_peer_ratio(tmp_path):
   for key in ('train_images_per_s', 'compile_s', 'in_process_init_s', 'init_s', 'first_step_s',
               'peak_rss_bytes', 'cached_compile_s', 'cached_first_step_s'):
     assert result[key] > 0, key
-  # The step compiles in a thread beside the init: the first step ends after both.
-  assert result['first_step_s'] > max(result['init_s'], result['compile_s'])
-  assert result['first_step_s'] >= result['step_ready_s'] >= result['init_s']
+  assert result['first_step_s'] > result['init_s'] + result['compile_s']
   assert result['peak_rss_bytes'] > 50e6  # a process that imported JAX and ran a step
   # The second fresh process finds the first one's programs in the cache.
   assert result['cached_compile_s'] < 0.5 * result['compile_s']
