@@ -135,14 +135,9 @@ def write(results: dict, docs: str, command: str) -> None:
       '| arm | seeds | test bits/dim | IW bound | R2E2 after | set changes (all / after warm-up) |',
       '|---|---|---|---|---|---|']
   for r in rows:
-    fixed = r['arm'] in ('vanilla', 'random')
-    ch = '0 (fixed)' if fixed else ', '.join(f'{a}/{b}' for a, b in r['changes'])
     lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(r["iw"])} | '
-                 f'{_fmt(r["r2e2"], 3)} | {ch} |')
-  lines += ['', 'Per run (test bits/dim):', '']
-  for r in rows:
-    lines.append(f'- {r["arm"]}: ' + ', '.join(
-        f's{run["seed"]} {run["bpd"]["bpd"]:.4f}' for run in r['runs']))
+                 f'{_fmt(r["r2e2"], 3)} | {_changes_cell(r)} |')
+  lines += _per_run(rows)
   sweep = sorted({(r['arm'], r['kl_weight']) for r in results.values()
                   if r['arm'] in ('kl', 'likelihood')})
   arms_swept = sorted({a for a, w in sweep if not math.isclose(w, 1e-3)})
@@ -190,20 +185,28 @@ def write_cnf(results: dict, docs: str, command: str, kl_weight: float = 1e-4) -
       '| arm | seeds | test bits/dim | last train bits/dim | set changes (all / after warm-up) |',
       '|---|---|---|---|---|']
   for r in rows:
-    fixed = r['arm'] in ('vanilla', 'random')
-    ch = '0 (fixed)' if fixed else ', '.join(f'{a}/{b}' for a, b in r['changes'])
     train = [run['train_bpd_last'] for run in r['runs'] if run.get('train_bpd_last')]
-    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(train)} | {ch} |')
-  lines += ['', 'Per run (test bits/dim):', '']
-  for r in rows:
-    lines.append(f'- {r["arm"]}: ' + ', '.join(
-        f's{run["seed"]} {run["bpd"]["bpd"]:.4f}' for run in r['runs']))
+    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(train)} | '
+                 f'{_changes_cell(r)} |')
+  lines += _per_run(rows)
   lines += ['', 'Verdict (computed from the table, the rule above):', '', verdict(rows), '',
             f'Machine: {_cpu_name()}, {os.cpu_count()} cores. '
             '![test bits/dim per arm, continuous flow](shuffle_ablation_cnf.png)']
   _replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines),
                  '# The Shuffle ablation', (CNF_BEGIN, CNF_END))
   plot(rows, os.path.join(docs, 'shuffle_ablation_cnf.png'))
+
+
+def _changes_cell(row) -> str:
+  if row['arm'] in ('vanilla', 'random'):
+    return '0 (fixed)'
+  return ', '.join(f'{a}/{b}' for a, b in row['changes'])
+
+
+def _per_run(rows) -> list:
+  return ['', 'Per run (test bits/dim):', ''] + [
+      f'- {r["arm"]}: ' + ', '.join(f's{run["seed"]} {run["bpd"]["bpd"]:.4f}'
+                                   for run in r['runs']) for r in rows]
 
 
 BEGIN, END = '<!-- ablation tables: begin (written by the script) -->', '<!-- ablation tables: end -->'
