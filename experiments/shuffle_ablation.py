@@ -16,6 +16,14 @@ each run is locked by the process training it, and a killed process's lock goes
 with it. After every run
 docs/RESULTS.md and docs/shuffle_ablation.png are rewritten from all finished
 runs (--report_only rewrites them without training).
+
+With --backbone=ffjord every run trains the dataset's `:ffjord` continuous flow as
+it is (λ = 1e-4 by default, Table 6's best for continuous flows), with one arm's
+Shuffle; its tables go into their own block of docs/RESULTS.md and its plot into
+docs/shuffle_ablation_cnf.png:
+
+    python experiments/shuffle_ablation.py --backbone=ffjord --workdir=runs/ablation_cnf \
+        --steps=500 --seeds=0,1 --arms=vanilla,random,likelihood --frozen_arms= --lambdas=
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ _FROZEN = flags.DEFINE_list('frozen_arms', ['oracle'],
                             'Readings also run with their order frozen after --freeze_after steps.')
 _FREEZE_AFTER = flags.DEFINE_integer('freeze_after', 200, 'optim.shuffle_freeze_after of those.')
 _LAMBDAS = flags.DEFINE_list('lambdas', ['1e-1', '1e-2', '1e-4'],
-                             'Extra λ for the best reading (the arms use the default 1e-3).')
+                             'Extra λ for the best reading (the arms use the base λ).')
 _SWEEP_SEEDS = flags.DEFINE_list('sweep_seeds', ['0', '1', '2'], 'Seeds of the λ sweep.')
 _IW = flags.DEFINE_integer('iw_samples', 4, 'k of the importance-weighted test bound.')
 _EVAL_EXAMPLES = flags.DEFINE_integer(
