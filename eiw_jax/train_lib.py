@@ -147,7 +147,7 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
     live = shuffle.transition_scores(model.flow, new_state.params['flow'])  # once, for both
     new_consts = shuffle.refresh_orders(model.flow, new_state.params['flow'],
                                         new_state.consts.get('flow', {}), new_state.step, live)
-    if new_consts or 'flow' in new_state.consts:  # the state keeps its structure
+    if 'flow' in new_state.consts:  # a step keeps the state's structure
       new_state = new_state.replace(consts={**new_state.consts, 'flow': new_consts})
     metrics.update(shuffle.split_changes(
         model.flow, {'params': state.params['flow'], 'consts': flow_consts},

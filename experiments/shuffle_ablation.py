@@ -109,7 +109,8 @@ def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: fl
 
 
 def run_name(arm: str, seed: int, kl_weight: float) -> str:
-  lam = '' if math.isclose(kl_weight, base_lambda()) or arm not in SOLVER_ARMS else f'_lam{kl_weight:g}'
+  base = math.isclose(kl_weight, base_lambda()) or arm not in SOLVER_ARMS
+  lam = '' if base else f'_lam{kl_weight:g}'
   return f'{arm}{lam}_s{seed}'
 
 
