@@ -2,6 +2,11 @@
 
 The functional API (see api.py) is re-exported here, with `load_run` (runs.py).
 """
+from eiw_jax import cpu_lapack
+
+cpu_lapack.load_single_threaded()  # before anything loads scipy's LAPACK (see cpu_lapack)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from eiw_jax.api import (decode, encode, forward, init, inverse, latent_shapes, log_prob, loss,
                          loss_with_batch_stats, sample, sample_latents, shuffle_info)
 from eiw_jax.builder import build, model_config, validate
