@@ -68,8 +68,11 @@ conv_same.defjvp(_conv_same_jvp, symbolic_zeros=True)
 
 class Conv(nn.Module):
   """nn.Conv's parameters (kernel [k,k,I,O], bias [O]) and initialisers; stride 1,
-  odd kernel, 'SAME' padding. On CPU it differentiates through `conv_same`; on
-  GPU and TPU through XLA's own convolution gradients.
+  odd kernel, 'SAME' padding. A 1x1 kernel is applied as a matmul over channels
+  (on XLA:CPU, forward + backward at DenseFlow's widths took 10.8 ms against
+  16.8 ms as a convolution: batch 8, 16x16, 432 channels). Larger kernels on CPU
+  differentiate through `conv_same`; on GPU and TPU through XLA's own
+  convolution gradients.
 
   `dtype` is the compute dtype (None: float32); parameters stay float32.
   """
@@ -87,8 +90,11 @@ class Conv(nn.Module):
     dtype = self.dtype or jnp.float32
     x = x.astype(dtype)
     w = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features)).astype(dtype)
-    conv = conv_same if jax.default_backend() == 'cpu' else (lambda x, w: _conv(x, w, k // 2))
-    y = conv(x, w)
+    if k == 1:  # a matmul over channels: on CPU 1.4-1.9x faster than the convolution
+      y = x @ w[0, 0]
+    else:
+      conv = conv_same if jax.default_backend() == 'cpu' else (lambda x, w: _conv(x, w, k // 2))
+      y = conv(x, w)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(dtype)
     return y
