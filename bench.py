@@ -2,6 +2,7 @@
 
   python bench.py --config=configs/fashion_mnist.py:small --json=bench.json
   python bench.py --config=configs/fashion_mnist.py:small --devices=1,2,4,8 --invertible_depths=6,24
+  python bench.py --config=configs/cifar10.py --only=eiw --invertible_batches=8,16,32 ...
   python bench.py --config=configs/cifar10.py --config.data.batch_size=8 --steps=1 --rounds=5 \
       --nosample --noflops --json=paper.json --peer_json=peer.json
 
@@ -31,6 +32,8 @@ _FLOPS = flags.DEFINE_bool('flops', True, 'Count FLOPs (one extra, unrolled comp
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s fp32 peak, for the fraction.')
 _DEVICES = flags.DEFINE_list('devices', [], 'Also time the step at these simulated CPU device counts.')
 _DEPTHS = flags.DEFINE_list('invertible_depths', [], 'Also compare peak memory at these depths N.')
+_BATCHES = flags.DEFINE_list('invertible_batches', [],
+                             'Also compare peak memory at these batch sizes.')
 _SAMPLE = flags.DEFINE_bool('sample', True, 'Also time sampling.')
 _COLD = flags.DEFINE_bool('cold', True, 'Also time the start-up in a fresh process per model.')
 _FIRST = flags.DEFINE_bool('first_step_only', False, 'Only time the start-up, in this process.')
@@ -67,6 +70,9 @@ def main(argv):
   if _DEPTHS.value:
     result['invertible_memory'] = bench_lib.invertible_memory(
         config, tuple(int(n) for n in _DEPTHS.value))
+  if _BATCHES.value:
+    result['invertible_memory_by_batch'] = bench_lib.invertible_memory_by_batch(
+        config, tuple(int(b) for b in _BATCHES.value))
   if _DEVICES.value:
     base = [a for a in sys.argv if not a.startswith(_OWN_FLAGS)]
     result['device_scaling_step_s'] = bench_lib.device_scaling(base, [int(n) for n in _DEVICES.value])
@@ -80,7 +86,7 @@ def main(argv):
     print(f'{names[0]} images/s over the peer\'s: {result["peer_ratio"]:.3f}')
   if 'eiw_step_time_over_vanilla' in result:
     print(f'EIW step time / vanilla step time: {result["eiw_step_time_over_vanilla"]:.4f}')
-  for key in ('invertible_memory', 'device_scaling_step_s'):
+  for key in ('invertible_memory', 'invertible_memory_by_batch', 'device_scaling_step_s'):
     if key in result:
       print(f'{key}: {json.dumps(result[key])}')
   if _JSON.value:
@@ -89,8 +95,8 @@ def main(argv):
 
 
 # Flags a child process must not inherit (bench_lib.cold_start, device_scaling).
-_OWN_FLAGS = ('--devices', '--invertible_depths', '--json', '--only', '--peer_json', '--cold',
-              '--nocold', '--first_step_only', '--compilation_cache')
+_OWN_FLAGS = ('--devices', '--invertible_depths', '--invertible_batches', '--json', '--only',
+              '--peer_json', '--cold', '--nocold', '--first_step_only', '--compilation_cache')
 
 
 def _read_peer(path: str) -> dict:

@@ -52,10 +52,10 @@ class _Model:
     t0 = time.perf_counter()
     self.trainer = Trainer(config, workdir='')
     self.batch = _random_batch(self.trainer)
-    self.state = jax.block_until_ready(self.trainer._init(jax.random.key(0), self.batch))  # pylint: disable=protected-access
+    self.state = self.trainer.init(jax.random.key(0), self.batch)
     self.init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    self.step = self.trainer._step.lower(self.state, self.batch).compile()  # pylint: disable=protected-access
+    self.step = self.trainer.compile_step(self.state)
     self.compile_s = time.perf_counter() - t0
     self.peak_memory_bytes = peak_memory(self.step)
     self.times = []
@@ -132,15 +132,16 @@ def compare(config, *, names=('eiw', 'vanilla'), rounds: int = 5, steps: int = 5
 
 
 def first_step(config) -> dict:
-  """In this process, from nothing to the end of one training step of `config`:
+  """In this process, from nothing to the end of one training step of `config`, as
+  train.py starts:
   init_s (build and initialise), compile_s (the step), first_step_s (all of it,
   the step's run included) and peak_rss_bytes (this process so far)."""
   t0 = time.perf_counter()
   trainer = Trainer(config, workdir='')
   batch = _random_batch(trainer)
-  state = jax.block_until_ready(trainer._init(jax.random.key(0), batch))  # pylint: disable=protected-access
+  state = trainer.init(jax.random.key(0), batch)
   t1 = time.perf_counter()
-  step = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
+  step = trainer.compile_step(state)
   t2 = time.perf_counter()
   jax.block_until_ready(step(state, batch))
   t3 = time.perf_counter()
@@ -180,17 +181,35 @@ def cold_start(argv_base, names) -> dict:
   return out
 
 
+def _step_memory(config) -> int:
+  """`peak_memory` of `config`'s training step, compiled only (nothing allocated)."""
+  trainer = Trainer(config, workdir='')
+  batch = _random_batch(trainer)
+  state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
+  return peak_memory(trainer._step.lower(state, batch).compile())  # pylint: disable=protected-access
+
+
 def invertible_memory(config, depths=(6, 24)) -> dict:
   """Peak memory of the training step at each depth N, ordinary vs invertible backprop."""
   out = {}
   for mode, inv in (('autodiff', False), ('invertible', True)):
     for n in depths:
-      trainer = Trainer(variant(config, num_steps=n, invertible_grad=inv, scan=True), workdir='')
-      batch = _random_batch(trainer)
-      state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
-      compiled = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
-      out[f'{mode}_N{n}'] = peak_memory(compiled)
+      out[f'{mode}_N{n}'] = _step_memory(variant(config, num_steps=n, invertible_grad=inv,
+                                                 scan=True))
     out[f'{mode}_ratio'] = out[f'{mode}_N{depths[-1]}'] / out[f'{mode}_N{depths[0]}']
+  return out
+
+
+def invertible_memory_by_batch(config, batches=(8, 16, 32)) -> dict:
+  """Peak memory of the training step at each batch size, ordinary vs invertible
+  backprop (the memory curve of a model whose depth is fixed, e.g. DenseFlow)."""
+  out = {}
+  for mode, inv in (('autodiff', False), ('invertible', True)):
+    for b in batches:
+      cfg = variant(config, invertible_grad=inv)
+      with cfg.unlocked():
+        cfg.data.batch_size = b
+      out[f'{mode}_B{b}'] = _step_memory(cfg)
   return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import tqdm
 
-from eiw_jax import api, config_lib, data, sharding
+from eiw_jax import api, config_lib, data, host_memory, sharding
 from eiw_jax import multihost, resume, shuffle, xla_options
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import build, legacy_get, uses_batch_stats, validate
@@ -232,7 +232,22 @@ class Trainer:
       log(f'resumed from step {step}')
       return state
     first = next(self.batches(train_split, 0))
-    return self._init(jax.random.key(self.config.train.seed), self.global_batch(first))
+    return self.init(jax.random.key(self.config.train.seed), self.global_batch(first))
+
+  def init(self, rng, batch) -> TrainState:
+    """The data-dependent init on `batch`; the init program's host memory is
+    given back (`host_memory`) once it has run."""
+    state = jax.block_until_ready(self._init(rng, batch))
+    self._init.clear_cache()  # it runs once: keep neither its executable nor its heap
+    host_memory.release_free_heap()
+    return state
+
+  def compile_step(self, state):
+    """The training step compiled for `state` and this config's batch, ahead of
+    the first step, with the compiler's host memory given back before it runs."""
+    step = self._step.lower(state, self.abstract_batch()).compile()
+    host_memory.release_free_heap()
+    return step
 
 
 def log(msg: str) -> None:
@@ -310,6 +325,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
   if start >= total:
     log(f'step {start} already reaches train.num_steps={total}: nothing to train; raise '
         '--config.train.num_steps to continue')
+  step_fn = trainer.compile_step(state)
   monitor = train_monitor.Monitor(trainer, workdir, start, total, test_split)
   batches = trainer.batches(train_split, start)
   last = {}
@@ -322,7 +338,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         t0 = time.perf_counter()
         batch = trainer.global_batch(next(batches))
         input_s = time.perf_counter() - t0
-        state, metrics = trainer._step(state, batch)
+        state, metrics = step_fn(state, batch)
         monitor.tick(input_s, metrics)
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)

@@ -238,3 +238,16 @@ def test_configs_saved_before_the_norm_key_resume_as_group_norm(tmp_path):
   cfg.model.invertible_grad = True
   with pytest.raises(UserError, match='invertible_grad'):
     eiw_jax.build(cfg)
+
+
+def test_invertible_backprop_lowers_denseflows_step_memory():
+  """bench_lib's memory curve: XLA's account of the compiled step grows with the
+  batch, and invertible backprop (units of 4 modules) needs less than autodiff."""
+  from eiw_jax import bench_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
+  config_lib.tiny_denseflow(cfg, units=(1,), modules=(4,))
+  cfg.model.update(num_scales=1, dequantizer='uniform', shuffle=False)
+  mem = bench_lib.invertible_memory_by_batch(cfg, batches=(2, 8))
+  assert set(mem) == {'autodiff_B2', 'autodiff_B8', 'invertible_B2', 'invertible_B8'}
+  assert mem['autodiff_B8'] > mem['autodiff_B2']
+  assert mem['invertible_B8'] < mem['autodiff_B8']
