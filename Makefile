@@ -1,9 +1,10 @@
 # make test : create .venv if needed, install everything, run the test suite.
-# make demo : train Fashion-MNIST (:small, ~20 min on 2 CPU cores), evaluate, write samples.
+# make demo : train Fashion-MNIST (:small, 5000 steps or 20 min), evaluate, write samples.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/fashion_mnist_small
+DEMO_MINUTES ?= 20
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install test demo bench clean-demo
@@ -29,7 +30,8 @@ test: install
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
 demo: install /usr/share/datasets/fashion-mnist
-	$(PY) train.py --config=configs/fashion_mnist.py:small --workdir=$(DEMO_DIR)
+	$(PY) train.py --config=configs/fashion_mnist.py:small --config.train.max_minutes=$(DEMO_MINUTES) \
+	  --workdir=$(DEMO_DIR)
 	$(PY) eval.py --workdir=$(DEMO_DIR) --mode=bpd
 	$(PY) eval.py --workdir=$(DEMO_DIR) --mode=samples
 	@echo

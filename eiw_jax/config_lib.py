@@ -45,6 +45,7 @@ def base_config(*, name: str, image_size: int, channels: int, batch_size: int,
       num_processes=0,          # with coordinator_address: the number of processes
       process_id=-1,            # with coordinator_address: this process, 0 .. num_processes-1
       heartbeat_timeout_s=100,  # with distributed: a silent process counts as dead after this
+      max_minutes=0.0,          # stop (eval + save) at the first logged step after this; 0 = off
   ))
   cfg.eval = ml_collections.ConfigDict(dict(
       batch_size=256, num_examples=0, iw_samples=0,
@@ -90,6 +91,9 @@ def validate_run(cfg) -> None:
     if not isinstance(t[key], int) or t[key] < 1:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
                       f'set --config.train.{key}')
+  if not t.get('max_minutes', 0.0) >= 0:
+    raise UserError(f'train.max_minutes must be >= 0 (0: no limit), got {t.max_minutes!r}; '
+                    'set --config.train.max_minutes')
   augment.check(cfg.data.get('augment', 'none'))
   if not cfg.data.batch_size >= 1:
     raise UserError(f'data.batch_size must be >= 1, got {cfg.data.batch_size}; '

@@ -37,6 +37,7 @@ import time
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 
 from eiw_jax.errors import UserError
 
@@ -93,6 +94,23 @@ class Preemption:
   def __exit__(self, *unused):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+
+
+class TimeBudget:
+  """`spent()`: True once `seconds` have passed since it was made (never when
+  `seconds` <= 0). With several processes process 0's clock decides, so that
+  every process stops at the same step; call it at the same steps everywhere."""
+
+  def __init__(self, seconds: float):
+    self._deadline = time.monotonic() + seconds if seconds > 0 else None
+
+  def spent(self) -> bool:
+    if self._deadline is None:
+      return False
+    spent = time.monotonic() >= self._deadline
+    if jax.process_count() > 1:
+      spent = bool(multihost_utils.broadcast_one_to_all(np.bool_(spent)))
+    return spent
 
 
 def exit_on_peer_failure(error: Exception) -> None:

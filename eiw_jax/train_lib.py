@@ -278,7 +278,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   the workdir is created. One run at a time per workdir (a second is refused). SIGTERM
   saves a checkpoint at the current step and returns normally (train.py then exits 0).
   A full disk or a workdir that vanishes is one line (UserError); the checkpoints
-  already written stay usable.
+  already written stay usable. With `train.max_minutes` > 0, training stops at
+  the first logged step after that many minutes of this process's training
+  loop, evaluates and saves there (a rerun trains on from it).
   """
   config_lib.validate_run(config)
   if config.train.distributed:
@@ -328,6 +330,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
   step_fn = trainer.compile_step(state)
   monitor = train_monitor.Monitor(trainer, workdir, start, total, test_split)
   batches = trainer.batches(train_split, start)
+  budget = multihost.TimeBudget(60 * float(t.get('max_minutes', 0)))
   last = {}
   pending = None  # (step, streak) of the previous step, checked one step late
   failed = False
@@ -343,10 +346,11 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)
         pending = (step, metrics['nonfinite_streak'])
-        eval_due = step % t.eval_every == 0 or step == total
+        out_of_time = step % t.log_every == 0 and budget.spent()
+        eval_due = step % t.eval_every == 0 or step == total or out_of_time
         log_due = eval_due or step % t.log_every == 0
         stop = preemption.requested(step)
-        save_due = step % t.checkpoint_every == 0 or step == total or stop
+        save_due = step % t.checkpoint_every == 0 or step == total or stop or out_of_time
         if log_due or save_due:  # these wait for the step anyway: check it first
           _check_streak(*pending, t.max_nonfinite_steps)
           pending = None
@@ -357,6 +361,11 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         if stop:
           ckpt.wait()
           log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
+          break
+        if out_of_time:
+          ckpt.wait()
+          log(f'train.max_minutes={t.max_minutes} reached: stopped at step {step} of {total}, '
+              'evaluated and saved; rerun the same command to train on')
           break
   except jax.errors.JaxRuntimeError as e:
     failed = True

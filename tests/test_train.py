@@ -63,6 +63,18 @@ def test_resume_continues_and_matches_uninterrupted(trained, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+def test_max_minutes_stops_at_a_logged_step_evaluates_saves_and_resumes(tmp_path, capsys):
+  workdir = str(tmp_path / 'budget')
+  train_lib.train_and_evaluate(smoke_config(num_steps=6, max_minutes=1e-9), workdir)
+  assert 'train.max_minutes=1e-09 reached: stopped at step 2 of 6' in capsys.readouterr().err
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines] == [2] and 'test_bpd' in lines[0]
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['2']
+  train_lib.train_and_evaluate(smoke_config(num_steps=6), workdir)  # no limit: on to the end
+  assert 'resumed from step 2' in capsys.readouterr().err
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
+
+
 def _run(*args):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
