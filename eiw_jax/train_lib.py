@@ -174,7 +174,7 @@ def _programs(key: str, mesh):
   step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                                    batch_stats=uses_batch_stats(config)),
                  donate_argnums=0, out_shardings=(replicated, replicated))
-  return model, optimizer, init, step
+  return model, optimizer, init, step, {}  # {}: compiled steps by state signature
 
 
 class Trainer:
@@ -188,7 +188,8 @@ class Trainer:
     sharding.check_batch_size(config.data.batch_size, self.mesh)
     key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
                      sort_keys=True)
-    self.model, self.optimizer, self._init, self._step = _programs(key, self.mesh)
+    self.model, self.optimizer, self._init, self._step, self._compiled = _programs(key,
+                                                                                   self.mesh)
     self.use_ema = config.optim.ema_decay > 0
     self.data_sharding = sharding.data_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
@@ -244,10 +245,15 @@ class Trainer:
 
   def compile_step(self, state):
     """The training step compiled for `state` and this config's batch, ahead of
-    the first step, with the compiler's host memory given back before it runs."""
-    step = self._step.lower(state, self.abstract_batch()).compile()
-    host_memory.release_free_heap()
-    return step
+    the first step, with the compiler's host memory given back before it runs.
+    Kept per process, like the jitted step, for later runs of the same config."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    signature = (jax.tree.structure(abstract), tuple(jax.tree.leaves(abstract)))
+    if signature not in self._compiled:
+      self._compiled[signature] = self._step.lower(state, self.abstract_batch()).compile()
+      host_memory.release_free_heap()
+    return self._compiled[signature]
 
 
 def log(msg: str) -> None:
