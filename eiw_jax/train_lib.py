@@ -160,7 +160,8 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
 
 @functools.lru_cache(maxsize=4)
 def _programs(key: str, mesh):
-  """Model, optimiser and the jitted init and step for one (model, optim, data) config.
+  """Model, optimiser, the jitted init and step, and the step's compiled forms
+(`Trainer.compile_step`) for one (model, optim, data) config.
 
   Cached per process, so several runs of the same config in one process (a resume
   after an eval, tests) trace and compile once.
