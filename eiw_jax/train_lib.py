@@ -161,10 +161,11 @@ def train_step(model: EIWFlow, optimizer, ema_decay: float, state: TrainState, b
 @functools.lru_cache(maxsize=4)
 def _programs(key: str, mesh):
   """Model, optimiser, the jitted init and step, and the step's compiled forms
-(`Trainer.compile_step`) for one (model, optim, data) config.
+  (`Trainer.compile_step`) for one (model, optim, data) config.
 
   Cached per process, so several runs of the same config in one process (a resume
-  after an eval, tests) trace and compile once.
+  after an eval, tests) trace and compile the step once. The init's executable is
+  dropped after each use (`Trainer.init`): a run needs it once.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads(key))
