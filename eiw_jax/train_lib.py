@@ -203,7 +203,11 @@ class Trainer:
 
   def abstract_state(self):
     """The state's shapes, dtypes and shardings, without computing anything."""
-    shapes = jax.eval_shape(self._init, jax.random.key(0), self.abstract_batch())
+    return self._abstract(self._init)
+
+  def _abstract(self, init):
+    """`init`'s output as replicated ShapeDtypeStructs (traced, not run)."""
+    shapes = jax.eval_shape(init, jax.random.key(0), self.abstract_batch())
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
@@ -222,11 +226,9 @@ class Trainer:
 
   def _variant_abstract(self, config):
     """The abstract state under `config`'s optimiser settings (same model)."""
-    init = functools.partial(init_state, self.model, make_optimizer(config.optim),
-                             config.optim.ema_decay > 0)
-    shapes = jax.eval_shape(init, jax.random.key(0), self.abstract_batch())
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+    return self._abstract(functools.partial(init_state, self.model,
+                                            make_optimizer(config.optim),
+                                            config.optim.ema_decay > 0))
 
   def init_or_restore(self, ckpt: Checkpointer, train_split: data.Split) -> TrainState:
     restored = ckpt.restore(self.abstract_state(), adapters=self.restore_adapters())
