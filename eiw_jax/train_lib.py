@@ -175,7 +175,8 @@ def _programs(key: str, mesh):
                  out_shardings=replicated, compiler_options=xla_options.run_once())
   step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                                    batch_stats=uses_batch_stats(config)),
-                 donate_argnums=0, out_shardings=(replicated, replicated))
+                 donate_argnums=0, out_shardings=(replicated, replicated),
+                 compiler_options=xla_options.kernels())
   return model, optimizer, init, step, {}  # {}: compiled steps by state signature
 
 

@@ -63,6 +63,15 @@ def test_resume_continues_and_matches_uninterrupted(trained, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+def test_the_training_step_runs_without_ynnpack_on_cpu(trained):
+  """train.py's compiled step (kept per process) carries xla_options.kernels: no
+  YNNPACK fusion (tests/test_xla_options.py shows a plain compile has them)."""
+  compiled = list(train_lib.Trainer(smoke_config(), workdir='')._compiled.values())  # pylint: disable=protected-access
+  assert compiled
+  for program in compiled:
+    assert program.as_text().count('%ynn_fusion') == 0
+
+
 def test_max_minutes_stops_at_a_logged_step_evaluates_saves_and_resumes(tmp_path, capsys):
   workdir = str(tmp_path / 'budget')
   train_lib.train_and_evaluate(smoke_config(num_steps=6, max_minutes=1e-9), workdir)
