@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from eiw_jax import api, xla_options
+from eiw_jax import api
 from eiw_jax.train_lib import Trainer
 
 
@@ -70,7 +70,7 @@ class _Model:
 
   def sample_images_per_s(self, n: int, iters: int) -> float:
     model, variables = self.trainer.model, self.state.variables()
-    fn = xla_options.jit(lambda v, k: api.sample(model, v, k, n, 1.0))
+    fn = self.trainer.jit(lambda v, k: api.sample(model, v, k, n, 1.0))
     jax.block_until_ready(fn(variables, jax.random.key(0)))
     t0 = time.perf_counter()
     for i in range(iters):

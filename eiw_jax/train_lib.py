@@ -172,11 +172,11 @@ def _programs(key: str, mesh):
   model, optimizer = build(config), make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
   init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
-                 out_shardings=replicated, compiler_options=xla_options.run_once())
+                 out_shardings=replicated, compiler_options=xla_options.run_once(config.model.backbone))
   step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                                    batch_stats=uses_batch_stats(config)),
                  donate_argnums=0, out_shardings=(replicated, replicated),
-                 compiler_options=xla_options.kernels())
+                 compiler_options=xla_options.kernels(config.model.backbone))
   return model, optimizer, init, step, {}  # {}: compiled steps by state signature
 
 
@@ -196,6 +196,11 @@ class Trainer:
     self.use_ema = config.optim.ema_decay > 0
     self.data_sharding = sharding.data_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
+
+  def jit(self, fun):
+    """jax.jit with the step's compiler options (xla_options.kernels), for the
+    programs a run compiles besides its init and step (evaluation, sampling)."""
+    return jax.jit(fun, compiler_options=xla_options.kernels(self.config.model.backbone))
 
   def abstract_batch(self):
     d = self.config.data

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from eiw_jax import api, data, losses, xla_options
+from eiw_jax import api, data, losses
 
 
 class Monitor:
@@ -38,9 +38,9 @@ class Monitor:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(os.path.join(workdir, 'tb'))
     model = trainer.model
-    self._log_prob = xla_options.jit(lambda v, x, k: api.log_prob(model, v, x, k))
+    self._log_prob = trainer.jit(lambda v, x, k: api.log_prob(model, v, x, k))
     n, temp = self.config.train.num_samples, self.config.train.sample_temperature
-    self._sample = xla_options.jit(lambda v, k: api.sample(model, v, k, n, temp))
+    self._sample = trainer.jit(lambda v, k: api.sample(model, v, k, n, temp))
     self._test = test_split
     self._input_s = 0.0
     self._changes = None  # per transition: steps whose update changed the factored-out set

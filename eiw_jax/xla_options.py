@@ -1,15 +1,17 @@
-"""XLA compiler options for this project's programs, and `jit`, which applies them.
+"""XLA compiler options for the programs a run compiles (Trainer).
 
-**CPU kernels.** jaxlib 0.10's XLA:CPU hands convolutions and matmuls to YNNPACK
-fusions by default. On the paper model's shapes its own (Eigen) kernels are faster:
-a 3x3 convolution's forward and backward at DenseFlow's shapes (batch 8, 8x8 to 32x32
-maps, 48 to 432 channels in, 64 out) took 45.6-51.6 ms in all without YNNPACK
-against 95-110 ms with it, and matmuls 9.8 against 12.3 ms, on a 2-core Xeon with
-AVX-512; the paper model's training step went from 6.42-6.75 s to 5.72-6.05 s
-(docs/PERFORMANCE.md). So every program compiled here for CPU turns the YNNPACK
-fusions off (`kernels`), per program: other programs in the process and the user's
-own keep XLA's defaults. A user's own `--xla_cpu_experimental_ynn_fusion_type` in
-`XLA_FLAGS` wins, and an XLA that does not know the option is left alone.
+**CPU kernels for DenseFlow.** jaxlib 0.10's XLA:CPU hands convolutions and matmuls
+to YNNPACK fusions by default. At DenseFlow's shapes its own (Eigen) kernels are
+faster: a 3x3 convolution's forward and backward (batch 8, 8x8 to 32x32 maps, 48 to
+432 channels in, 64 out) took 45.6-51.6 ms in all without YNNPACK against 95-110 ms
+with it, on a 2-core Xeon with AVX-512, and the paper model's training step went from
+6.42-6.75 s to 5.72-6.05 s (docs/PERFORMANCE.md). The small Glow of the demo
+(`configs/fashion_mnist.py:small`, width 96) went the other way: 343 training
+images/s without YNNPACK against 384 with it, in the same period; its convolutions
+into 4 or 8 channels run faster in YNNPACK. So the choice is per backbone: DenseFlow
+programs turn the YNNPACK fusions off (`kernels`), the others keep XLA's default. A
+user's own `--xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins, and an XLA
+that does not know the option is left alone.
 
 **Programs that run once.** Initialisation (the data-dependent init of every layer)
 runs once per run, so its compile time is all that matters. On CPU, LLVM's
@@ -20,9 +22,7 @@ and ran it no slower (9.9 s against 13.2 s); the variables agree to float32 roun
 level: at level 1 it compiled in 91 s against 130 s but ran 5-10% slower, which a run
 pays at every step.
 
-GPU and TPU compiles are left alone. The backend is asked for only when a program is
-first compiled, never at import (that would start the backend before a user's
-`jax.distributed.initialize` or device-count setting).
+GPU and TPU compiles are left alone.
 """
 import functools
 import os
@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 _YNN = 'xla_cpu_experimental_ynn_fusion_type'
+_XLA_KERNELS = ('denseflow',)  # backbones whose CPU programs run faster without YNNPACK
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,45 +44,16 @@ def _xla_knows(option: str) -> bool:
   return True
 
 
-def kernels() -> dict:
-  """`compiler_options` choosing XLA:CPU's own kernels over YNNPACK's (see above)."""
-  if (jax.default_backend() != 'cpu' or _YNN in os.environ.get('XLA_FLAGS', '')
-      or not _xla_knows(_YNN)):
+def kernels(backbone: str) -> dict:
+  """`compiler_options` choosing XLA:CPU's kernels for a model of `backbone`."""
+  if (backbone not in _XLA_KERNELS or jax.default_backend() != 'cpu'
+      or _YNN in os.environ.get('XLA_FLAGS', '') or not _xla_knows(_YNN)):
     return {}
   return {_YNN: ''}  # the empty list of fusion types: no YNNPACK fusions
 
 
-def run_once() -> dict:
+def run_once(backbone: str) -> dict:
   """`compiler_options` for jax.jit of a program that runs once."""
   if jax.default_backend() == 'cpu':
-    return {**kernels(), 'xla_backend_optimization_level': 1}
+    return {**kernels(backbone), 'xla_backend_optimization_level': 1}
   return {}
-
-
-class _Jit:
-  """jax.jit(fun, compiler_options=kernels(), **kwargs), built at its first use."""
-
-  def __init__(self, fun, kwargs):
-    functools.update_wrapper(self, fun)
-    self._fun, self._kwargs, self._jitted = fun, kwargs, None
-
-  def _get(self):
-    if self._jitted is None:
-      self._jitted = jax.jit(self._fun, compiler_options=kernels(), **self._kwargs)
-    return self._jitted
-
-  def __call__(self, *args, **kwargs):
-    return self._get()(*args, **kwargs)
-
-  def __getattr__(self, name):  # lower, eval_shape, clear_cache, ...
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return getattr(self._get(), name)
-
-
-def jit(fun=None, **kwargs):
-  """`jax.jit` with this module's CPU kernel choice; a decorator with or without
-  keyword arguments (`@functools.partial(xla_options.jit, static_argnums=0)`)."""
-  if fun is None:
-    return functools.partial(jit, **kwargs)
-  return _Jit(fun, kwargs)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eiw_jax import api, xla_options
+from eiw_jax import api
 from eiw_jax.flow import flatten_latents, unflatten_latents
 from eiw_jax.model import to_continuous
 
@@ -82,13 +82,13 @@ def log_mean_exp(x, axis: int = 0):
   return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def log_prob(model, variables, images, rng):
   """eiw_jax.log_prob, jitted: [B] nats."""
   return api.log_prob(model, variables, images, rng)
 
 
-@functools.partial(xla_options.jit, static_argnums=(0, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def iw_log_prob(model, variables, images, rng, num_samples: int):
   """Importance-weighted bound with k = num_samples dequantization draws: [B] nats.
 
@@ -101,19 +101,19 @@ def iw_log_prob(model, variables, images, rng, num_samples: int):
   return log_mean_exp(lps, axis=0)
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def encode_flat(model, variables, y, rng):
   """Continuous y [B, H, W, C] -> flattened latents [B, D] (all scales, Eq. 7)."""
   return flatten_latents(api.encode(model, variables, y, rng))
 
 
-@functools.partial(xla_options.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def decode_flat(model, variables, flat, shapes):
   """Flattened latents [B, D] -> continuous y [B, H, W, C]."""
   return api.decode(model, variables, unflatten_latents(flat, shapes))
 
 
-@functools.partial(xla_options.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def sample(model, variables, rng, n: int, temperature):
   """eiw_jax.sample, jitted; the temperature is traced (one compile for all T)."""
   return api.sample(model, variables, rng, n, temperature)

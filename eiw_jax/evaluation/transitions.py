@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eiw_jax import xla_options
 from eiw_jax.bijectors import squeeze
 from eiw_jax.model import rngs_for
 from eiw_jax.shuffle import channel_order, transition_scores
@@ -32,7 +31,7 @@ def _is_scale_output(module, method_name: str) -> bool:
           and path[1].startswith('scale_'))
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def transition_tensors(model, variables, images, rng) -> List[jnp.ndarray]:
   """Integer images [B, H, W, C] -> [u_1 .. u_{K-1}], each [B, H_k, W_k, 4C_k]."""
   _, state = model.apply(variables, images, rngs=rngs_for(rng),
