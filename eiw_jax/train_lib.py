@@ -172,7 +172,8 @@ def _programs(key: str, mesh):
   model, optimizer = build(config), make_optimizer(config.optim)
   replicated = sharding.replicated(mesh)
   init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
-                 out_shardings=replicated, compiler_options=xla_options.run_once(config.model.backbone))
+                 out_shardings=replicated,
+                 compiler_options=xla_options.run_once(config.model.backbone))
   step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                                    batch_stats=uses_batch_stats(config)),
                  donate_argnums=0, out_shardings=(replicated, replicated),

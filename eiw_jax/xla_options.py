@@ -3,7 +3,7 @@
 **CPU kernels for DenseFlow.** jaxlib 0.10's XLA:CPU hands convolutions and matmuls
 to YNNPACK fusions by default. At DenseFlow's shapes its own (Eigen) kernels are
 faster: a 3x3 convolution's forward and backward (batch 8, 8x8 to 32x32 maps, 48 to
-432 channels in, 64 out) took 45.6-51.6 ms in all without YNNPACK against 95-110 ms
+432 channels in, 64 out) took 45.6-49.5 ms in all without YNNPACK against 95-110 ms
 with it, on a 2-core Xeon with AVX-512, and the paper model's training step went from
 6.42-6.75 s to 5.72-6.05 s (docs/PERFORMANCE.md). The small Glow of the demo
 (`configs/fashion_mnist.py:small`, width 96) went the other way: 343 training
