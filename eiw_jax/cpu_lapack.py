@@ -5,8 +5,9 @@ solves) runs as custom calls into scipy's LAPACK, on XLA's own worker threads.
 scipy's OpenBLAS then starts threads of its own, one per core, which compete with
 XLA's for the same cores: in one training step of the paper's model (2-core Xeon,
 batch 8) the 79 LU calls took 1.51 s of thread time instead of 0.016 s, and the
-whole step 8.3-8.6 s instead of 7.1 s (fresh processes, alternated). These matrices are at most a few hundred
-channels wide, so one thread per call loses nothing.
+whole step 8.3-8.6 s instead of 7.1 s (fresh processes, alternated). These
+matrices are at most a few hundred channels wide, so one thread per call loses
+nothing.
 
 `load_single_threaded` loads scipy's LAPACK now, with OPENBLAS_NUM_THREADS=1 for
 the moment it loads (OpenBLAS reads it once, when the library is loaded), then

@@ -1,4 +1,5 @@
-"""Shared test utilities: random non-identity parameters and brute-force log-dets."""
+"""Shared test utilities: random non-identity parameters, brute-force log-dets, and
+what a compiled CPU program calls."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,3 +42,8 @@ def commit_orders(model, variables):
   consts = variables.get('consts', {})
   flow = shuffle.refresh_orders(model.flow, variables['params']['flow'], consts.get('flow', {}), 0)
   return {**variables, 'consts': {**consts, 'flow': flow}}
+
+
+def ynn_fusions(compiled) -> int:
+  """How many YNNPACK fusions a compiled CPU program calls."""
+  return compiled.as_text().count('%ynn_fusion')

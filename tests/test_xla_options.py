@@ -4,11 +4,7 @@ import jax
 import numpy as np
 
 from eiw_jax import config_lib, nets, train_lib, xla_options
-
-
-def ynn_fusions(compiled) -> int:
-  """How many YNNPACK fusions a compiled CPU program calls."""
-  return compiled.as_text().count('%ynn_fusion')
+from helpers import ynn_fusions
 
 
 def test_denseflow_programs_use_xlas_kernels_and_agree_with_ynnpacks():
