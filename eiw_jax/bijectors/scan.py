@@ -8,6 +8,16 @@ Initialisation goes through `nn.scan`, so every copy's data-dependent init
 (ActNorm) sees its own input. Applying reads the stacked variables and runs the
 step with `lax.scan`, forward or in reverse for the inverse.
 
+Rematerialisation (`remat=True`, the default): under autodiff each step keeps
+only its convolutions' outputs (`nets.CONV_OUTPUT`) for the backward pass and
+recomputes the rest there (normalisations, activations, concatenations,
+attention, the invertible maps), so the scan stacks a few large arrays per step
+instead of every intermediate. On the paper's DenseFlow (CPU, batch 8) the
+training step ran 7% faster (5.86 against 6.28-6.33 s, XLA's own kernels) with
+1.0 GB less of XLA's temporary memory (1.86 against 2.87 GB); the small Glow
+demo model ran at the same speed (351.6 and 341.2 against 350.6 and 352.7
+images/s). Values and gradients are unchanged up to float rounding.
+
 Mutable state: when the caller applies the model with the 'consts' collection
 mutable (the training step of a model with batch statistics), each step is
 applied with mutable 'consts' too and the updated, stacked 'consts' are written
@@ -29,6 +39,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax.bijectors.base import Bijector, zero_logdet
+from eiw_jax.nets import CONV_OUTPUT
+
+_KEEP_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
 
 
 class _Body(nn.Module):
@@ -46,24 +59,30 @@ def _apply_step(step, variables, x, inverse):
   return step.apply(variables, x, inverse=inverse)
 
 
-def _scan(step, stacked, x, inverse):
+def _scan_body(body, remat):
+  return jax.checkpoint(body, policy=_KEEP_CONV_OUTPUTS) if remat else body
+
+
+def _scan(step, stacked, x, inverse, remat=False):
   def body(carry, variables):
     x, total = carry
     y, logdet = _apply_step(step, variables, x, inverse)
     return (y, total + logdet), None
 
-  (y, total), _ = jax.lax.scan(body, (x, zero_logdet(x)), stacked, reverse=inverse)
+  (y, total), _ = jax.lax.scan(_scan_body(body, remat), (x, zero_logdet(x)), stacked,
+                               reverse=inverse)
   return y, total
 
 
-def _scan_mutable(step, stacked, x, inverse):
+def _scan_mutable(step, stacked, x, inverse, remat):
   """_scan with each step's 'consts' mutable; also returns the new stacked 'consts'."""
   def body(carry, variables):
     x, total = carry
     (y, logdet), new = step.apply(variables, x, inverse=inverse, mutable=['consts'])
     return (y, total + logdet), new['consts']
 
-  (y, total), consts = jax.lax.scan(body, (x, zero_logdet(x)), stacked, reverse=inverse)
+  (y, total), consts = jax.lax.scan(_scan_body(body, remat), (x, zero_logdet(x)), stacked,
+                                    reverse=inverse)
   return y, total, consts
 
 
@@ -101,6 +120,7 @@ class Repeat(Bijector):
   step: Callable[..., Bijector]
   length: int
   invertible_grad: bool = False
+  remat: bool = True
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
@@ -119,9 +139,9 @@ class Repeat(Bijector):
     if 'consts' in stacked and self.is_mutable_collection('consts'):
       if self.invertible_grad:
         raise ValueError('invertible_grad cannot update state (batch statistics) in the steps')
-      y, total, consts = _scan_mutable(step, stacked, x, inverse)
+      y, total, consts = _scan_mutable(step, stacked, x, inverse, self.remat)
       self.put_variable('consts', 'steps', {'step': consts})
       return y, total
     if self.invertible_grad and not inverse:
       return _invertible_scan(step, stacked, x)
-    return _scan(step, stacked, x, inverse)
+    return _scan(step, stacked, x, inverse, self.remat)
