@@ -24,7 +24,7 @@ import optax
 import tqdm
 
 from eiw_jax import api, config_lib, data, host_memory, sharding
-from eiw_jax import multihost, resume, shuffle, xla_options
+from eiw_jax import multihost, resume, shuffle, stored_step, xla_options
 from eiw_jax import workdir as workdir_lib
 from eiw_jax.builder import build, legacy_get, uses_batch_stats, validate
 from eiw_jax.checkpoint import Checkpointer
@@ -174,11 +174,11 @@ def _programs(key: str, mesh):
   init = jax.jit(functools.partial(init_state, model, optimizer, config.optim.ema_decay > 0),
                  out_shardings=replicated,
                  compiler_options=xla_options.run_once(config.model.backbone))
-  step = jax.jit(functools.partial(train_step, model, optimizer, config.optim.ema_decay,
-                                   batch_stats=uses_batch_stats(config)),
-                 donate_argnums=0, out_shardings=(replicated, replicated),
+  step_fn = functools.partial(train_step, model, optimizer, config.optim.ema_decay,
+                              batch_stats=uses_batch_stats(config))
+  step = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated),
                  compiler_options=xla_options.kernels(config.model.backbone))
-  return model, optimizer, init, step, {}  # {}: compiled steps by state signature
+  return model, optimizer, init, step, step_fn, {}  # {}: compiled steps by state signature
 
 
 class Trainer:
@@ -192,8 +192,9 @@ class Trainer:
     sharding.check_batch_size(config.data.batch_size, self.mesh)
     key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
                      sort_keys=True)
-    self.model, self.optimizer, self._init, self._step, self._compiled = _programs(key,
-                                                                                   self.mesh)
+    self._key = key
+    (self.model, self.optimizer, self._init, self._step, self._step_fn,
+     self._compiled) = _programs(key, self.mesh)
     self.use_ema = config.optim.ema_decay > 0
     self.data_sharding = sharding.data_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
@@ -255,14 +256,19 @@ class Trainer:
     return state
 
   def compile_step(self, state):
-    """The training step compiled for `state` and this config's batch, ahead of
-    the first step, with the compiler's host memory given back before it runs.
-    Kept per process, like the jitted step, for later runs of the same config."""
+    """The training step compiled for `state` (arrays or ShapeDtypeStructs) and
+    this config's batch, ahead of the first step, from the stored module when an
+    earlier run left one (`stored_step`), with the compiler's host memory given
+    back before it runs. Kept per process, like the jitted step, for later runs of
+    the same config."""
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     signature = (jax.tree.structure(abstract), tuple(jax.tree.leaves(abstract)))
     if signature not in self._compiled:
-      self._compiled[signature] = self._step.lower(state, self.abstract_batch()).compile()
+      self._compiled[signature] = stored_step.compile(
+          self._step_fn, abstract, self.abstract_batch(), identity=self._key,
+          out_sharding=self.replicated,
+          compiler_options=xla_options.kernels(self.config.model.backbone))
       host_memory.release_free_heap()
     return self._compiled[signature]
 

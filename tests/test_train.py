@@ -71,7 +71,7 @@ def test_a_glow_trainers_step_keeps_xlas_default_kernels_on_cpu(trained):
   compiled = list(train_lib.Trainer(smoke_config(), workdir='')._compiled.values())  # pylint: disable=protected-access
   assert compiled
   for program in compiled:
-    assert ynn_fusions(program) > 0
+    assert ynn_fusions(program.compiled) > 0
 
 
 def test_max_minutes_stops_at_a_logged_step_evaluates_saves_and_resumes(tmp_path, capsys):

@@ -43,7 +43,6 @@ def test_a_denseflow_trainers_step_runs_without_ynnpack():
   config_lib.tiny_denseflow(cfg, units=(1,), modules=(1,))
   cfg.model.update(num_scales=1, dequantizer='uniform', shuffle=False)
   trainer = train_lib.Trainer(cfg, workdir='')
-  step = trainer._step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()  # pylint: disable=protected-access
-  assert ynn_fusions(step) == 0
+  assert ynn_fusions(trainer.compile_step(trainer.abstract_state()).compiled) == 0
   x, kernel = np.zeros((8, 16, 16, 176), np.float32), np.zeros((3, 3, 176, 64), np.float32)
   assert ynn_fusions(trainer.jit(nets.conv_same).lower(x, kernel).compile()) == 0  # eval, samples
