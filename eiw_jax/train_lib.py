@@ -10,6 +10,7 @@ host never waits for the device, and before anything of a step is written).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import sys
@@ -239,7 +240,16 @@ class Trainer:
                                             config.optim.ema_decay > 0))
 
   def init_or_restore(self, ckpt: Checkpointer, train_split: data.Split) -> TrainState:
-    restored = ckpt.restore(self.abstract_state(), adapters=self.restore_adapters())
+    """The newest checkpoint's state, else a fresh init. A restart compiles the step
+    (`compile_step`, mostly read from the caches) in a thread while the checkpoint
+    loads: 5.8 and 6.9 s for the paper model on a 2-core CPU, which overlap."""
+    abstract = self.abstract_state()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      compiling = (pool.submit(self.compile_step, abstract) if ckpt.latest_step() is not None
+                   else None)
+      restored = ckpt.restore(abstract, adapters=self.restore_adapters())
+      if compiling is not None:
+        compiling.result()
     if restored is not None:
       state, step = restored
       log(f'resumed from step {step}')
