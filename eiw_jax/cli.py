@@ -4,8 +4,9 @@ compiled programs across runs (JAX's persistent compilation cache).
 
 --compilation_cache (every script): the directory of JAX's persistent compilation
 cache, on by default, so that a restart, a resume after preemption or an eval of
-the same model skips compiling what an earlier run compiled. '' turns it off. The
-default is $EIW_JAX_COMPILATION_CACHE if set, else ~/.cache/eiw_jax/xla.
+the same model skips compiling what an earlier run compiled, and a restart reads
+the traced training step from its `steps/` folder (eiw_jax.stored_step). '' turns
+both off. The default is $EIW_JAX_COMPILATION_CACHE if set, else ~/.cache/eiw_jax/xla.
 """
 from __future__ import annotations
 
