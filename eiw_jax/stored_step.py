@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
+import re
+import uuid
 from typing import Callable, Optional
 
 import jax
@@ -54,7 +55,8 @@ def fingerprint(identity: str, abstract_state, abstract_batch) -> str:
   """The file name (hex digest) of the step for `identity` (the config) and these
   argument shapes, on this process's devices and software."""
   leaves, treedef = jax.tree.flatten((abstract_state, abstract_batch))
-  parts = [identity, str(treedef), jax.__version__, jaxlib.__version__,
+  structure = re.sub(r' at 0x[0-9a-f]+', '', str(treedef))  # no addresses of this process
+  parts = [identity, structure, jax.__version__, jaxlib.__version__,
            _package_source_digest(), jax.default_backend(),
            ','.join(sorted({d.device_kind for d in jax.devices()})), str(jax.device_count())]
   parts += [f'{x.shape}{x.dtype}{x.sharding}' for x in leaves]
@@ -79,14 +81,19 @@ def _load(path: str):
 
 
 def _store(path: str, exported) -> None:
+  """Writes `exported` to `path` atomically, with the umask's permissions; a read-only
+  or full cache (or no flatbuffers to serialise with) only costs the next run a trace."""
+  tmp = f'{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp'
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb') as f:
       f.write(exported.serialize())
     os.replace(tmp, path)
-  except (OSError, ImportError):  # a read-only or full cache (or no flatbuffers to
-    pass                           # serialise with) only costs the next run a trace
+  except (OSError, ImportError):
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
 
 
 class Step:

@@ -108,4 +108,7 @@ def test_an_unreadable_stored_step_is_traced_again_and_replaced(tmp_path):
   _, metrics = step(fresh_state(), BATCH)
   assert np.isfinite(float(metrics['loss']))
   assert path.read_bytes() != b'not a module'
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the cache's files
   assert not [p for p in (tmp_path / 'steps').iterdir() if p.suffix == '.tmp']
