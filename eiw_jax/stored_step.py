@@ -96,24 +96,35 @@ def _store(path: str, exported) -> None:
       pass
 
 
+class _Flat:
+  """A state pytree <-> its list of leaves with key data in place of typed keys."""
+
+  def __init__(self, abstract_state):
+    leaves, self._treedef = jax.tree.flatten(abstract_state)
+    self._keys = {i: x.dtype._impl for i, x in enumerate(leaves)  # pylint: disable=protected-access
+                  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)}
+
+  def flatten(self, state) -> list:
+    return [jax.random.key_data(x) if i in self._keys else x
+            for i, x in enumerate(jax.tree.leaves(state))]
+
+  def unflatten(self, data: list):
+    return jax.tree.unflatten(self._treedef, [
+        jax.random.wrap_key_data(x, impl=self._keys[i]) if i in self._keys else x
+        for i, x in enumerate(data)])
+
+
 class Step:
   """A compiled training step, called as the jitted one: (state, batch) -> (state,
   metrics), the state donated. `compiled` is the XLA executable (memory_analysis,
   cost_analysis), which takes the state's leaves with key data for keys."""
 
-  def __init__(self, compiled, treedef, keys: dict):
-    self.compiled, self._treedef, self._keys = compiled, treedef, keys
-
-  def to_data(self, leaves: list) -> list:
-    return [jax.random.key_data(x) if i in self._keys else x for i, x in enumerate(leaves)]
-
-  def from_data(self, leaves: list) -> list:
-    return [jax.random.wrap_key_data(x, impl=self._keys[i]) if i in self._keys else x
-            for i, x in enumerate(leaves)]
+  def __init__(self, compiled, flat: _Flat):
+    self.compiled, self._flat = compiled, flat
 
   def __call__(self, state, batch):
-    data, metrics = self.compiled(self.to_data(jax.tree.leaves(state)), batch)
-    return jax.tree.unflatten(self._treedef, self.from_data(data)), metrics
+    data, metrics = self.compiled(self._flat.flatten(state), batch)
+    return self._flat.unflatten(data), metrics
 
   def memory_analysis(self):
     return self.compiled.memory_analysis()
@@ -124,24 +135,22 @@ def compile(step_fn: Callable, abstract_state, abstract_batch, *, identity: str,
   """`step_fn` ((state, batch) -> (state, metrics), not jitted) compiled for these
   arguments with the state donated and every output placed by `out_sharding`,
   from the stored module when there is one (see the module docstring)."""
-  leaves, treedef = jax.tree.flatten(abstract_state)
-  keys = {i: x.dtype._impl for i, x in enumerate(leaves)  # pylint: disable=protected-access
-          if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)}
-  flat = Step(None, treedef, keys)
+  flat = _Flat(abstract_state)
   flat_abstract = [jax.ShapeDtypeStruct(d.shape, d.dtype, sharding=x.sharding)
-                   for x, d in zip(leaves, jax.eval_shape(flat.to_data, leaves))]
+                   for x, d in zip(jax.tree.leaves(abstract_state),
+                                   jax.eval_shape(flat.flatten, abstract_state))]
   folder = directory()
   path = folder and os.path.join(
       folder, fingerprint(identity, abstract_state, abstract_batch) + '.bin')
   exported = _load(path) if path else None
   if exported is None:
     def flat_step(data, batch):
-      new_state, metrics = step_fn(jax.tree.unflatten(treedef, flat.from_data(data)), batch)
-      return flat.to_data(jax.tree.leaves(new_state)), metrics
+      new_state, metrics = step_fn(flat.unflatten(data), batch)
+      return flat.flatten(new_state), metrics
 
     exported = jax.export.export(jax.jit(flat_step, out_shardings=out_sharding))(
         flat_abstract, abstract_batch)
     if path:
       _store(path, exported)
   run = jax.jit(exported.call, donate_argnums=0, compiler_options=compiler_options)
-  return Step(run.lower(flat_abstract, abstract_batch).compile(), treedef, keys)
+  return Step(run.lower(flat_abstract, abstract_batch).compile(), flat)
