@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import brute_force_logdet, perturb
 
-from eiw_jax.bijectors import (ActNorm, Coupling, InvConv1x1, Permute, Squeeze, squeeze,
-                               unsqueeze)
+from eiw_jax.bijectors import (ActNorm, Coupling, InvConv1x1, Permute, Squeeze,
+                               fixed_permutation, squeeze, unsqueeze)
 from eiw_jax.flow import GlowStep, Standardize
 from eiw_jax.nets import ConvNet
 
@@ -125,3 +125,18 @@ def test_squeeze_layout_and_shape_errors():
     unsqueeze(jnp.zeros((1, 2, 2, 6)))
   with pytest.raises(ValueError, match='at least 2 channels'):
     Coupling(NET).init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), method='forward')
+
+
+@pytest.mark.parametrize('mode', ['reverse', 'swap'])
+def test_block_permutations_are_the_index_permutation_without_a_scatter(mode):
+  """'reverse' and 'swap' are the permutation fixed_permutation names, both ways, for
+  odd and even channel counts, and their gradient needs no scatter (XLA:CPU's loop)."""
+  for c in (1, 5, 6):
+    x = np.arange(2 * c, dtype=np.float32).reshape(1, 1, 2, c)
+    y, _ = Permute(mode).apply({}, x)
+    np.testing.assert_array_equal(y, np.take(x, fixed_permutation(c, mode), axis=-1))
+    np.testing.assert_array_equal(Permute(mode).apply({}, y, inverse=True)[0], x)
+  grad = jax.grad(lambda x: jnp.sum(Permute(mode).apply({}, x)[0] * jnp.arange(6.0)))
+  assert 'scatter' not in str(jax.make_jaxpr(grad)(x))
+  np.testing.assert_array_equal(grad(x), np.take(np.arange(6.0), np.argsort(
+      fixed_permutation(6, mode)))[None, None, None].repeat(2, axis=2))
