@@ -219,8 +219,14 @@ def denseflow_small(cfg) -> None:
 def glow_small(cfg) -> None:
   """`:small` for the 28x28 configs (the demo): K = 2 scales of 6 Glow steps, width 96,
   with Glow's learned split prior and base, which train faster than the paper's fixed
-  N(0, I) at this size (test bits/dim 4.70 against 5.12 after 1000 steps)."""
-  cfg.model.update(num_steps=6, hidden=96, split_prior='conditional', learned_base=True)
+  N(0, I) at this size (test bits/dim 4.70 against 5.12 after 1000 steps).
+
+  Its 12 steps are unrolled (`scan=False`): the training step ran in 0.87x the time of
+  the scanned one (159.6 against 184.7 ms, 7 interleaved rounds on a 2-core Xeon), as
+  the scan's stacking of residuals and its buffers cost more than a model this small
+  gains from compiling each step once."""
+  cfg.model.update(num_steps=6, hidden=96, split_prior='conditional', learned_base=True,
+                   scan=False)
   cfg.data.batch_size = 64
   cfg.optim.update(lr=5e-4, warmup_steps=300)  # 1e-3 spikes at this size and batch
   cfg.train.update(num_steps=5000, log_every=50, eval_every=1000, checkpoint_every=500,
