@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from eiw_jax import ffjord
+from eiw_jax.bijectors.scan import REMAT_POLICIES
 from eiw_jax.denseflow import DenseFlowDequantizer, DenseFlowScale, denseflow_74_10
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
 from eiw_jax.errors import UserError
@@ -32,6 +33,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       initial_squeeze=True,
       scan=True,                # stack repeated steps and run them with lax.scan
       invertible_grad=False,    # recompute activations from outputs in the backward pass
+      remat='convs',            # what a scanned step keeps for the backward pass:
+                                # 'convs', 'spatial_convs' (less memory) or 'off'
       shuffle=True,             # the EIW Shuffle; False = vanilla multi-scale flow
       shuffle_mode='likelihood',  # the Shuffle's reading: 'likelihood', 'kl', 'random', 'oracle'
       shuffle_reduction=16,     # guider reduction ratio r
@@ -164,6 +167,9 @@ def validate(config) -> None:
   if m.get('kl_units', 'nats') not in ('nats', 'bpd'):
     raise UserError(f"model.kl_units must be 'nats' or 'bpd', got {m.kl_units!r}; "
                     "set --config.model.kl_units=nats")
+  if m.get('remat', 'convs') not in REMAT_POLICIES:
+    raise UserError(f"model.remat must be one of {', '.join(map(repr, REMAT_POLICIES))}, got "
+                    f"{m.remat!r}; set --config.model.remat=convs")
   dtype = m.get('compute_dtype', 'float32')  # configs saved before the key existed
   if dtype not in _COMPUTE_DTYPES:
     raise UserError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -245,10 +251,10 @@ def _check_ffjord(m) -> None:
 _COMPUTE_DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
 
-def _glow_body(k, name, num_steps, scan, invertible_grad, **step_kwargs):
+def _glow_body(k, name, num_steps, scan, invertible_grad, remat, **step_kwargs):
   del k  # every scale has the same structure
   return GlowScale(num_steps=num_steps, step=functools.partial(GlowStep, **step_kwargs),
-                   scan=scan, invertible_grad=invertible_grad, name=name)
+                   scan=scan, invertible_grad=invertible_grad, remat=remat, name=name)
 
 
 def _denseflow_body(k, name, units, modules, net, dequant, **scale_kwargs):
@@ -294,18 +300,19 @@ def build(config) -> EIWFlow:
   validate(config)
   m, d = config.model, config.data
   dtype = _COMPUTE_DTYPES[m.get('compute_dtype', 'float32')]
+  remat = m.get('remat', 'convs')  # configs saved before the key existed
   if m.backbone == 'glow':
     step = dict(hidden=m.hidden, lu=m.lu, affine=m.coupling == 'affine',
                 log_scale_bound=m.log_scale_bound)
     if dtype is not None:
       step['dtype'] = dtype  # GlowStep.dtype -> its ConvNet conditioner
     body = functools.partial(_glow_body, num_steps=m.num_steps, scan=m.scan,
-                             invertible_grad=m.invertible_grad, **step)
+                             invertible_grad=m.invertible_grad, remat=remat, **step)
   elif m.backbone == 'ffjord':
     body = functools.partial(_ffjord_body, **m.ffjord.to_dict())
   else:
     body = functools.partial(_denseflow_body, lu=m.lu, log_scale_bound=m.log_scale_bound,
-                             invertible_grad=m.invertible_grad, dtype=dtype,
+                             invertible_grad=m.invertible_grad, remat=remat, dtype=dtype,
                              **m.denseflow.to_dict())
   flow = MultiScaleFlow(
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,

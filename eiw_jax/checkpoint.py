@@ -352,7 +352,7 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 # Model keys that change the objective or how it is computed, not the state.
 _FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider', 'model.kl_units',
-                              'model.invertible_grad', 'model.compute_dtype'})
+                              'model.invertible_grad', 'model.remat', 'model.compute_dtype'})
 
 
 def _structure_difference(saved: dict, new: dict):

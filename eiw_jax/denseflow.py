@@ -183,6 +183,7 @@ class DenseFlowScale(Bijector):
   lu: bool = False
   log_scale_bound: float = 2.0
   invertible_grad: bool = False
+  remat: str = 'convs'  # bijectors.scan.REMAT_POLICIES
   dtype: Optional[Any] = None
   norm: str = 'group'
 
@@ -193,7 +194,7 @@ class DenseFlowScale(Bijector):
         newton_iters=self.newton_iters, lu=self.lu,
         log_scale_bound=self.log_scale_bound, dtype=self.dtype,
         norm=self.norm)
-    return Repeat(module, self.num_modules, self.invertible_grad, name=f'unit{i}')(
+    return Repeat(module, self.num_modules, self.invertible_grad, self.remat, name=f'unit{i}')(
         x, inverse=inverse)
 
   def _cross(self, i):

@@ -60,11 +60,12 @@ class GlowScale(Bijector):
   step: Callable[..., Bijector] = GlowStep
   scan: bool = True
   invertible_grad: bool = False
+  remat: str = 'convs'  # bijectors.scan.REMAT_POLICIES
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
     if self.scan:
-      return Repeat(self.step, self.num_steps, self.invertible_grad, name='steps')(
+      return Repeat(self.step, self.num_steps, self.invertible_grad, self.remat, name='steps')(
           x, inverse=inverse, **kwargs)
     steps = tuple(self.step(name=f'step_{i}') for i in range(self.num_steps))
     total = zero_logdet(x)

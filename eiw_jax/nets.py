@@ -15,9 +15,11 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
 
-# Every Conv's output carries this name: the activations that a rematerialised
-# `bijectors.scan.Repeat` keeps for the backward pass (the rest is recomputed).
+# Every Conv's output carries one of these names: the activations that a
+# rematerialised `bijectors.scan.Repeat` may keep for the backward pass (the rest is
+# recomputed there). CONV_OUTPUT: kernels larger than 1x1; MATMUL_OUTPUT: 1x1.
 CONV_OUTPUT = 'conv_output'
+MATMUL_OUTPUT = 'conv1x1_output'
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -77,8 +79,8 @@ class Conv(nn.Module):
   (on XLA:CPU, forward + backward at DenseFlow's widths took 10.8 ms against
   16.8 ms as a convolution: batch 8, 16x16, 432 channels). Larger kernels on CPU
   differentiate through `conv_same`; on GPU and TPU through XLA's own
-  convolution gradients. The output is named `CONV_OUTPUT` (`jax.checkpoint`
-  policies).
+  convolution gradients. The output is named `CONV_OUTPUT`, or `MATMUL_OUTPUT` for
+  a 1x1 kernel (`jax.checkpoint` policies, `bijectors.scan.REMAT_POLICIES`).
 
   `dtype` is the compute dtype (None: float32); parameters stay float32.
   """
@@ -103,7 +105,7 @@ class Conv(nn.Module):
       y = conv(x, w)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(dtype)
-    return checkpoint_name(y, CONV_OUTPUT)
+    return checkpoint_name(y, MATMUL_OUTPUT if k == 1 else CONV_OUTPUT)
 
 
 class ConvNet(nn.Module):

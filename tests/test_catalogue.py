@@ -33,6 +33,7 @@ BAD_VALUES = {
     'kl_units': ({'model.kl_units': 'bits'}, "model.kl_units must be 'nats' or 'bpd'"),
     'solver_input': ({'model.solver_input': 'ones'}, 'model.solver_input must be'),
     'shuffle_statistic': ({'model.shuffle_statistic': 'mean'}, 'model.shuffle_statistic must be'),
+    'remat': ({'model.remat': 'all'}, "model.remat must be one of 'convs'"),
     'shuffle_refresh_every': ({'model.shuffle_refresh_every': 0},
                               'model.shuffle_refresh_every must be an integer >= 1'),
     'kl_weight_nan': ({'model.kl_weight': float('nan')}, 'model.kl_weight (lambda) must be >= 0'),

@@ -8,15 +8,18 @@ Initialisation goes through `nn.scan`, so every copy's data-dependent init
 (ActNorm) sees its own input. Applying reads the stacked variables and runs the
 step with `lax.scan`, forward or in reverse for the inverse.
 
-Rematerialisation (`remat=True`, the default): under autodiff each step keeps
-only its convolutions' outputs (`nets.CONV_OUTPUT`) for the backward pass and
-recomputes the rest there (normalisations, activations, concatenations,
-attention, the invertible maps), so the scan stacks a few large arrays per step
-instead of every intermediate. On the paper's DenseFlow (CPU, batch 8) the
-training step ran 7% faster (5.86 against 6.28-6.33 s, XLA's own kernels) with
-1.0 GB less of XLA's temporary memory (1.86 against 2.87 GB); the small Glow
-demo model ran at the same speed (351.6 and 341.2 against 350.6 and 352.7
-images/s). Values and gradients are unchanged up to float rounding.
+Rematerialisation (`remat`, one of REMAT_POLICIES): under autodiff each step
+keeps only some of its convolutions' outputs for the backward pass and recomputes
+the rest there (normalisations, activations, concatenations, attention, the
+invertible maps), so the scan stacks a few large arrays per step instead of every
+intermediate. 'convs' (the default) keeps every convolution's output
+(`nets.CONV_OUTPUT` and `nets.MATMUL_OUTPUT`): on the paper's DenseFlow (CPU, batch
+8) the training step ran 7% faster than with 'off' (5.86 against 6.28-6.33 s) with
+1.0 GB less of XLA's temporary memory (1.86 against 2.87 GB). 'spatial_convs'
+keeps only the outputs of kernels larger than 1x1 and recomputes the 1x1 ones:
+0.29 GB less again (1.57 GB), for a step about 4% longer (docs/PERFORMANCE.md).
+'off' keeps everything. Values and gradients are the same under every policy up to
+float rounding.
 
 Mutable state: when the caller applies the model with the 'consts' collection
 mutable (the training step of a model with batch statistics), each step is
@@ -39,9 +42,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax.bijectors.base import Bijector, zero_logdet
-from eiw_jax.nets import CONV_OUTPUT
+from eiw_jax.nets import CONV_OUTPUT, MATMUL_OUTPUT
 
-_KEEP_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+# What a scanned step keeps for the backward pass (None: everything, no remat).
+REMAT_POLICIES = {
+    'convs': jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT, MATMUL_OUTPUT),
+    'spatial_convs': jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT),
+    'off': None,
+}
 
 
 class _Body(nn.Module):
@@ -60,10 +68,11 @@ def _apply_step(step, variables, x, inverse):
 
 
 def _scan_body(body, remat):
-  return jax.checkpoint(body, policy=_KEEP_CONV_OUTPUTS) if remat else body
+  policy = REMAT_POLICIES[remat]
+  return body if policy is None else jax.checkpoint(body, policy=policy)
 
 
-def _scan(step, stacked, x, inverse, remat=False):
+def _scan(step, stacked, x, inverse, remat='off'):
   def body(carry, variables):
     x, total = carry
     y, logdet = _apply_step(step, variables, x, inverse)
@@ -120,12 +129,14 @@ class Repeat(Bijector):
   step: Callable[..., Bijector]
   length: int
   invertible_grad: bool = False
-  remat: bool = True
+  remat: str = 'convs'  # one of REMAT_POLICIES
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
     if kwargs:
       raise ValueError(f'Repeat passes no keyword arguments to its steps, got {sorted(kwargs)}')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat {self.remat!r}; use one of {sorted(REMAT_POLICIES)}')
     if self.is_initializing():
       if inverse:
         raise ValueError('initialise a flow in the forward direction (data-dependent init)')
