@@ -17,7 +17,7 @@ intermediate. 'convs' (the default) keeps every convolution's output
 8) the training step ran 7% faster than with 'off' (5.86 against 6.28-6.33 s) with
 1.0 GB less of XLA's temporary memory (1.86 against 2.87 GB). 'spatial_convs'
 keeps only the outputs of kernels larger than 1x1 and recomputes the 1x1 ones:
-0.29 GB less again (1.57 GB), for a step about 4% longer (docs/PERFORMANCE.md).
+0.29 GB less again (1.57 GB), for a step about 2.6% longer (docs/PERFORMANCE.md).
 'off' keeps everything. Values and gradients are the same under every policy up to
 float rounding.
 
