@@ -151,7 +151,8 @@ def test_model_remat_reaches_every_scanned_step(config_name):
     model = eiw_jax.build(cfg)
     v = jax.eval_shape(lambda: eiw_jax.init(model, jax.random.key(0), x))
     jaxpr = str(jax.make_jaxpr(lambda v: eiw_jax.loss(model, v, x, jax.random.key(1))[0])(v))
-    kept[remat] = set(re.findall(r'saveable_names=frozenset\(\{([^}]*)\}', jaxpr))
+    kept[remat] = {frozenset(re.findall(r"'(\w+)'", names)) for names in
+                   re.findall(r'saveable_names=frozenset\(\{([^}]*)\}', jaxpr)}
   assert kept['off'] == set()
-  assert kept['convs'] == {"'conv1x1_output', 'conv_output'"}
-  assert kept['spatial_convs'] == {"'conv_output'"}
+  assert kept['convs'] == {frozenset({'conv1x1_output', 'conv_output'})}
+  assert kept['spatial_convs'] == {frozenset({'conv_output'})}
