@@ -130,11 +130,13 @@ class Step:
     return self.compiled.memory_analysis()
 
 
-def compile(step_fn: Callable, abstract_state, abstract_batch, *, identity: str,
-            out_sharding, compiler_options: dict) -> Step:  # pylint: disable=redefined-builtin
-  """`step_fn` ((state, batch) -> (state, metrics), not jitted) compiled for these
+def lower(step_fn: Callable, abstract_state, abstract_batch, *, identity: str,
+          out_sharding, compiler_options: dict) -> 'Lowered':
+  """`step_fn` ((state, batch) -> (state, metrics), not jitted) lowered for these
   arguments with the state donated and every output placed by `out_sharding`,
-  from the stored module when there is one (see the module docstring)."""
+  from the stored module when there is one (see the module docstring); its
+  `compile()` gives the `Step`. Lowering is Python work and compiling is XLA's,
+  so a caller can lower in one thread while another program compiles."""
   flat = _Flat(abstract_state)
   flat_abstract = [jax.ShapeDtypeStruct(d.shape, d.dtype, sharding=x.sharding)
                    for x, d in zip(jax.tree.leaves(abstract_state),
@@ -153,4 +155,19 @@ def compile(step_fn: Callable, abstract_state, abstract_batch, *, identity: str,
     if path:
       _store(path, exported)
   run = jax.jit(exported.call, donate_argnums=0, compiler_options=compiler_options)
-  return Step(run.lower(flat_abstract, abstract_batch).compile(), flat)
+  return Lowered(run.lower(flat_abstract, abstract_batch), flat)
+
+
+class Lowered:
+  """A lowered training step (`lower`); `compile()` gives the `Step`."""
+
+  def __init__(self, lowered, flat: _Flat):
+    self._lowered, self._flat = lowered, flat
+
+  def compile(self) -> Step:  # pylint: disable=redefined-builtin
+    return Step(self._lowered.compile(), self._flat)
+
+
+def compile(step_fn: Callable, abstract_state, abstract_batch, **kwargs) -> Step:  # pylint: disable=redefined-builtin
+  """`lower(...).compile()`: the compiled step (keyword arguments as `lower`'s)."""
+  return lower(step_fn, abstract_state, abstract_batch, **kwargs).compile()

@@ -194,6 +194,7 @@ class Trainer:
     key = json.dumps({k: config[k].to_dict() for k in ('model', 'optim', 'data')},
                      sort_keys=True)
     self._key = key
+    self._lowered = {}  # steps lowered and not yet compiled, by state signature
     (self.model, self.optimizer, self._init, self._step, self._step_fn,
      self._compiled) = _programs(key, self.mesh)
     self.use_ema = config.optim.ema_decay > 0
@@ -259,8 +260,15 @@ class Trainer:
 
   def init(self, rng, batch) -> TrainState:
     """The data-dependent init on `batch`; the init program's host memory is
-    given back (`host_memory`) once it has run."""
-    state = jax.block_until_ready(self._init(rng, batch))
+    given back (`host_memory`) once it has run. The training step is traced and
+    lowered in a thread while the init program compiles (XLA compiles without
+    Python's lock), so `compile_step` then only compiles."""
+    lowered = self._init.lower(rng, batch)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      lowering = pool.submit(self._lower_step, self.abstract_state())
+      state = jax.block_until_ready(lowered.compile()(rng, batch))
+      lowering.result()
+    del lowered
     self._init.clear_cache()  # it runs once: keep neither its executable nor its heap
     host_memory.release_free_heap()
     return state
@@ -271,16 +279,24 @@ class Trainer:
     earlier run left one (`stored_step`), with the compiler's host memory given
     back before it runs. Kept per process, like the jitted step, for later runs of
     the same config."""
+    signature, lowered = self._lower_step(state)
+    if signature not in self._compiled:
+      self._compiled[signature] = lowered.compile()
+      self._lowered.pop(signature, None)  # compiled: its module is not needed again
+      host_memory.release_free_heap()
+    return self._compiled[signature]
+
+  def _lower_step(self, state):
+    """(signature, the step lowered for `state`'s shapes, or None once compiled)."""
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     signature = (jax.tree.structure(abstract), tuple(jax.tree.leaves(abstract)))
-    if signature not in self._compiled:
-      self._compiled[signature] = stored_step.compile(
+    if signature not in self._compiled and signature not in self._lowered:
+      self._lowered[signature] = stored_step.lower(
           self._step_fn, abstract, self.abstract_batch(), identity=self._key,
           out_sharding=self.replicated,
           compiler_options=xla_options.kernels(self.config.model.backbone))
-      host_memory.release_free_heap()
-    return self._compiled[signature]
+    return signature, self._lowered.get(signature)
 
 
 def log(msg: str) -> None:

@@ -5,13 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from eiw_jax import runs, train_lib
+from eiw_jax import runs, stored_step, train_lib
 from eiw_jax.config_lib import base_config, smoke
 from helpers import ynn_fusions
 
@@ -159,6 +160,31 @@ def test_trainer_init_compiled_for_one_run_matches_a_default_compile():
       else x, tree)
   chex.assert_trees_all_close(plain(trainer._init(key, batch)), plain(default(key, batch)),  # pylint: disable=protected-access
                               rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_init_lowers_the_step_beside_the_init_compile(monkeypatch):
+  """Trainer.init traces and lowers the training step in another thread while the
+  init program compiles; compile_step then compiles that module without tracing
+  the step again, drops it, and the step trains."""
+  lowered_in = []
+  lower = stored_step.lower
+
+  def spy(*args, **kwargs):
+    lowered_in.append(threading.current_thread().name)
+    return lower(*args, **kwargs)
+
+  monkeypatch.setattr(stored_step, 'lower', spy)
+  cfg = smoke_config()
+  cfg.optim.update(warmup_steps=3)  # a config no other test compiled in this process
+  trainer = train_lib.Trainer(cfg, workdir='')
+  batch = trainer.global_batch(
+      np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.int32))
+  state = trainer.init(jax.random.key(0), batch)
+  assert len(lowered_in) == 1 and lowered_in[0] != threading.main_thread().name
+  step = trainer.compile_step(state)
+  assert len(lowered_in) == 1 and not trainer._lowered  # pylint: disable=protected-access
+  _, metrics = step(state, batch)
+  assert np.isfinite(float(metrics['loss']))
 
 
 def test_a_step_keeps_the_state_structure_with_a_shuffle_that_has_no_constants():
