@@ -168,6 +168,7 @@ class Lowered:
     return Step(self._lowered.compile(), self._flat)
 
 
-def compile(step_fn: Callable, abstract_state, abstract_batch, **kwargs) -> Step:  # pylint: disable=redefined-builtin
+# pylint: disable-next=redefined-builtin
+def compile(step_fn: Callable, abstract_state, abstract_batch, **kwargs) -> Step:
   """`lower(...).compile()`: the compiled step (keyword arguments as `lower`'s)."""
   return lower(step_fn, abstract_state, abstract_batch, **kwargs).compile()

@@ -178,7 +178,7 @@ def _programs(key: str, mesh):
   step_fn = functools.partial(train_step, model, optimizer, config.optim.ema_decay,
                               batch_stats=uses_batch_stats(config))
   step = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated),
-                 compiler_options=xla_options.kernels(config.model.backbone))
+                 compiler_options=xla_options.compiler_options(config.model.backbone))
   return model, optimizer, init, step, step_fn, {}  # {}: compiled steps by state signature
 
 
@@ -202,9 +202,10 @@ class Trainer:
     self.replicated = sharding.replicated(self.mesh)
 
   def jit(self, fun):
-    """jax.jit with the step's compiler options (xla_options.kernels), for the
+    """jax.jit with the step's compiler options (xla_options.compiler_options), for the
     programs a run compiles besides its init and step (evaluation, sampling)."""
-    return jax.jit(fun, compiler_options=xla_options.kernels(self.config.model.backbone))
+    options = xla_options.compiler_options(self.config.model.backbone)
+    return jax.jit(fun, compiler_options=options)
 
   def abstract_batch(self):
     d = self.config.data
@@ -295,7 +296,7 @@ class Trainer:
       self._lowered[signature] = stored_step.lower(
           self._step_fn, abstract, self.abstract_batch(), identity=self._key,
           out_sharding=self.replicated,
-          compiler_options=xla_options.kernels(self.config.model.backbone))
+          compiler_options=xla_options.compiler_options(self.config.model.backbone))
     return signature, self._lowered.get(signature)
 
 

@@ -1,6 +1,10 @@
-"""XLA compiler options (xla_options): the CPU kernels chosen per backbone."""
+"""XLA compiler options (xla_options): the CPU kernels chosen per backbone, and
+copy insertion for a donated state."""
+import re
+
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from eiw_jax import config_lib, nets, train_lib, xla_options
@@ -29,11 +33,47 @@ def test_denseflow_programs_use_xlas_kernels_and_agree_with_ynnpacks():
 
 
 def test_a_users_own_xla_flag_wins(monkeypatch):
+  region = 'xla_cpu_copy_insertion_use_region_analysis'
   assert xla_options.kernels('denseflow') == {'xla_cpu_experimental_ynn_fusion_type': ''}
   assert 'xla_cpu_experimental_ynn_fusion_type' in xla_options.run_once('denseflow')
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
+  assert xla_options.compiler_options('glow') == {region: True}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot '
+                     f'--{region}=false')
   assert xla_options.kernels('denseflow') == {}
   assert 'xla_cpu_experimental_ynn_fusion_type' not in xla_options.run_once('denseflow')
+  assert xla_options.compiler_options('glow') == {}
+
+
+def _entry_copies(compiled) -> int:
+  entry = re.search(r'\nENTRY [^\n]*\{\n(.*?)\n\}', compiled.as_text(), re.S).group(1)
+  return len(re.findall(r'= \S+ copy\(', entry))
+
+
+def test_a_donated_optimiser_state_is_updated_without_copying_it():
+  """train_step's pattern: a moment updated in place, the parameters updated from
+  the new moment, both kept only when the gradient is finite. XLA's default copy
+  insertion copies every moment before writing it; the run's options copy none,
+  and the values are the same."""
+  def step(state, grads):
+    finite = jnp.isfinite(sum(jnp.sum(g * g) for g in grads))
+    new = []
+    for (p, mu), g in zip(state, grads):
+      mu_new = 0.9 * mu + 0.1 * g
+      new.append((jnp.where(finite, p - 0.1 * mu_new / (jnp.abs(mu_new) + 1.0), p),
+                  jnp.where(finite, mu_new, mu)))
+    return new
+
+  rng = np.random.default_rng(0)
+  shapes = [(3, 5), (7,), (2, 2, 4)]
+  state = [tuple(rng.standard_normal((2, *s)).astype(np.float32)) for s in shapes]
+  grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+  results = {}
+  for name, options in (('ours', xla_options.compiler_options('glow')), ('default', {})):
+    compiled = jax.jit(step, donate_argnums=0, compiler_options=options).lower(
+        state, grads).compile()
+    results[name] = (_entry_copies(compiled), compiled(jax.device_put(state), grads))
+  assert results['default'][0] >= len(shapes) and results['ours'][0] == 0, results
+  chex.assert_trees_all_close(results['ours'][1], results['default'][1], rtol=1e-6)
 
 
 def test_a_denseflow_trainers_step_runs_without_ynnpack():
