@@ -19,9 +19,9 @@ new moment, to update the parameters. XLA's default copy insertion cannot order
 those readers before the in-place write, so it copies each moment first: on the
 paper model 1321 copies, 1.05 GB a step. With region analysis
 (`xla_cpu_copy_insertion_use_region_analysis`) it orders them instead: the step's
-entry kept 709 of its 2035 copies, and the step ran 2.5% faster (DenseFlow, CPU,
-batch 8) and 2.7% (the demo's Glow), alternated in one process; its compile time
-did not change (docs/PERFORMANCE.md). Every backbone's programs use it on CPU.
+entry kept 709 of its 2035 copies, and the step ran 2.2-2.5% faster (DenseFlow, CPU,
+batch 8, two runs) and 2.7% (the demo's Glow), alternated in one process; its
+compile time did not change (docs/PERFORMANCE.md). Every backbone's programs use it on CPU.
 
 **Programs that run once.** Initialisation (the data-dependent init of every layer)
 runs once per run, so its compile time is all that matters. On CPU, LLVM's
