@@ -2,9 +2,9 @@
 
 JAX's persistent compilation cache skips the compile of a program an earlier run
 compiled, but a run must still trace and lower the program to find it in the cache:
-for the paper's model on a 2-core CPU that is 14 s of a 50 s restart. `compile`
+for the paper's model on a 2-core CPU that is 14 s of a 50 s restart. `lower`
 exports the lowered training step once, to `<compilation cache>/steps/`, and
-compiles the step from that module in every run, the first one included, so the
+every run compiles the step from that module, the first one included, so the
 cache's key is the same each time and a restart reads the module instead of
 tracing the model.
 
@@ -17,7 +17,7 @@ replaced; the file is written atomically, so two runs sharing a cache directory
 never read half of one.
 
 Typed PRNG keys cannot be serialised: the stored program takes and returns their
-key data, and `compile`'s step wraps them back, so it is called exactly as the
+key data, and the compiled `Step` wraps them back, so it is called exactly as the
 jitted step (state, batch) -> (state, metrics), with the state donated.
 """
 from __future__ import annotations
@@ -164,11 +164,5 @@ class Lowered:
   def __init__(self, lowered, flat: _Flat):
     self._lowered, self._flat = lowered, flat
 
-  def compile(self) -> Step:  # pylint: disable=redefined-builtin
+  def compile(self) -> Step:
     return Step(self._lowered.compile(), self._flat)
-
-
-# pylint: disable-next=redefined-builtin
-def compile(step_fn: Callable, abstract_state, abstract_batch, **kwargs) -> Step:
-  """`lower(...).compile()`: the compiled step (keyword arguments as `lower`'s)."""
-  return lower(step_fn, abstract_state, abstract_batch, **kwargs).compile()

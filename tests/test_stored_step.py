@@ -38,8 +38,9 @@ def compile_in(cache_dir, identity='toy', batch=BATCH):
   previous = jax.config.jax_compilation_cache_dir
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   try:
-    return stored_step.compile(step_fn, abstract(fresh_state()), abstract(batch),
-                               identity=identity, out_sharding=REPLICATED, compiler_options={})
+    return stored_step.lower(step_fn, abstract(fresh_state()), abstract(batch),
+                             identity=identity, out_sharding=REPLICATED,
+                             compiler_options={}).compile()
   finally:
     jax.config.update('jax_compilation_cache_dir', previous)
 
