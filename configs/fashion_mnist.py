@@ -2,7 +2,8 @@
 
 Reference: Glow with 2x16 couplings reaches 3.14 bits/dim after 80 epochs (DESIGN §3);
 the paper reports no Fashion-MNIST number. `:small` (the `make demo` model) trains
-on 2 CPU cores in about 30 minutes; the README lists what it reached.
+for up to 10000 steps, which `make demo` cuts at 20 minutes; the README lists what
+it reached.
 Offline data: Debian's `dataset-fashion-mnist` is used automatically when installed.
 
 `:ffjord` is a continuous flow sized for 2 CPU cores within the hour: a multi-scale
