@@ -28,9 +28,13 @@ runs once per run, so its compile time is all that matters. On CPU, LLVM's
 optimisation level 1 instead of the default 2 compiles the paper model's init in about
 60% of the time (batch 8: 58 s against 95 s on a 2-core Xeon, another job running)
 and ran it no slower (9.9 s against 13.2 s); the variables agree to float32 rounding
-(a reduction may be summed in another order). The training step keeps the default
-level: at level 1 it compiled in 91 s against 130 s but ran 5-10% slower, which a run
-pays at every step.
+(a reduction may be summed in another order). Level 0 compiled it in 38.9 s
+against 43.9 s but ran it in 8.0 s against 2.6 s: no gain. The training step keeps
+the default level: with YNNPACK's kernels it compiled in 91 s against 130 s at level 1
+but ran 5-10% slower; with XLA's own kernels (DenseFlow's now) level 1 neither saves
+compile time consistently (one lowering compiled at both: 61.4 s against 55.7 s;
+separate compiles in one process: 63-68 s against 61-87 s) nor costs step time
+(5.46-5.52 s against 5.48-5.57 s, alternated in one process).
 
 GPU and TPU compiles are left alone.
 """
