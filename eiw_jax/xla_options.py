@@ -60,22 +60,26 @@ def _xla_knows(option: str, value='') -> bool:
   return True
 
 
+def _ours_to_set(option: str, value) -> bool:
+  """Whether a run sets CPU compiler option `option` to `value`: on CPU, unless the
+  user's `XLA_FLAGS` set it, where this XLA knows it."""
+  return (jax.default_backend() == 'cpu' and option not in os.environ.get('XLA_FLAGS', '')
+          and _xla_knows(option, value))
+
+
 def kernels(backbone: str) -> dict:
   """`compiler_options` choosing XLA:CPU's kernels for a model of `backbone`."""
-  if (backbone not in _XLA_KERNELS or jax.default_backend() != 'cpu'
-      or _YNN in os.environ.get('XLA_FLAGS', '') or not _xla_knows(_YNN)):
-    return {}
-  return {_YNN: ''}  # the empty list of fusion types: no YNNPACK fusions
+  if backbone in _XLA_KERNELS and _ours_to_set(_YNN, ''):
+    return {_YNN: ''}  # the empty list of fusion types: no YNNPACK fusions
+  return {}
 
 
 def compiler_options(backbone: str) -> dict:
   """`compiler_options` for jax.jit of a model of `backbone`'s programs: its CPU
   kernels (`kernels`) and copy insertion by region analysis on CPU (unless the
   user's `XLA_FLAGS` set it)."""
-  if (jax.default_backend() != 'cpu' or _REGION_COPIES in os.environ.get('XLA_FLAGS', '')
-      or not _xla_knows(_REGION_COPIES, True)):
-    return kernels(backbone)
-  return {**kernels(backbone), _REGION_COPIES: True}
+  region = {_REGION_COPIES: True} if _ours_to_set(_REGION_COPIES, True) else {}
+  return {**kernels(backbone), **region}
 
 
 def run_once(backbone: str) -> dict:
