@@ -27,7 +27,7 @@ from eiw_jax import checks
 from eiw_jax.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
-from eiw_jax.shuffle import channel_order, factored_mask, transition_scores
+from eiw_jax.shuffle import factored_mask, transition_permutations, transition_scores
 from eiw_jax.shuffle.base import FIT_COLLECTION
 from eiw_jax.shuffle.nets import Guider
 
@@ -100,22 +100,24 @@ def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:
     perm: [4C] int32, the permutation the shuffler applies (û = u[..., perm]; the
       first 2C go on, the last 2C are factored out);
     factored: [4C] bool, True for the channels of u_k that are factored out;
-    q: [4C], the solver's live Q (sums to 1), for the readings with a solver, else None.
+    q: [number of units], the solver's live Q (sums to 1), for the readings with a
+      solver, else None (a unit is a channel of u_k, or a map of four channels
+      with model.shuffle_unit='map').
   Given integer `images` [B, H, W, C] (dequantised with `rng`), also:
-    p: [B, 4C], the guider's P per image (rows sum to 1), for the readings with a
-      guider, else None;
+    p: [B, number of units], the guider's P per image (rows sum to 1), for the
+      readings with a guider, else None;
     kl: scalar, the transition's KL of Eq. 11 on this batch (before λ).
   """
   flow = model.flow
   params = variables['params'].get('flow', {})
   consts = variables.get('consts', {}).get('flow', {})
   channels = [2 * shape[-1] for shape in latent_shapes(model, variables)[:-1]]  # 4C = 2 |z_k|
-  used = transition_scores(flow, params, channels, consts)
+  used = transition_permutations(flow, params, channels, consts)
   live = transition_scores(flow, params, channels)
   out = []
-  for k, scores in enumerate(used):
-    perm = channel_order(scores)
-    q = jax.nn.softmax(live[k]) if flow.shuffle_mode in ('kl', 'likelihood') else None
+  for k, perm in enumerate(used):
+    solver = flow.shuffle_settings.mode in ('kl', 'likelihood')
+    q = jax.nn.softmax(live[k]) if solver else None
     out.append(dict(perm=perm, factored=factored_mask(perm), q=q))
   if images is not None and out:
     checks.check_images(model, images, 'shuffle_info')

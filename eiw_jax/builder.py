@@ -11,7 +11,7 @@ import functools
 import jax.numpy as jnp
 import ml_collections
 
-from eiw_jax import ffjord
+from eiw_jax import ffjord, shuffle
 from eiw_jax.bijectors.scan import REMAT_POLICIES
 from eiw_jax.denseflow import DenseFlowDequantizer, DenseFlowScale, denseflow_74_10
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
@@ -36,14 +36,21 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       remat='convs',            # what a scanned step keeps for the backward pass:
                                 # 'convs', 'spatial_convs' (less memory) or 'off'
       shuffle=True,             # the EIW Shuffle; False = vanilla multi-scale flow
-      shuffle_mode='likelihood',  # the Shuffle's reading: 'likelihood', 'kl', 'random', 'oracle'
+      shuffle_mode='likelihood',  # the Shuffle's reading: 'likelihood', 'kl', 'oracle',
+                                # 'random' or 'fixed' (eiw_jax/shuffle/__init__.py)
+      shuffle_unit='channel',   # what the Shuffle moves: u_k's channels or whole pre-squeeze
+                                # feature maps ('map': four channels together)
+      shuffle_halves='keep_order',  # each half keeps its units' order ('sorted': by score)
+      shuffle_permutations=[],  # shuffle_mode='fixed': one order of units per transition
       shuffle_reduction=16,     # guider reduction ratio r
+      guider_min_width=8,       # the guider's hidden width is max(4C // r, this)
       solver_layers=2,          # L_S
       solver_input='normalized',  # the solver's constant input: 4C/4C ('normalized') or 4C ('count')
       kl_grad_to_guider=True,   # reading 'kl': False holds P constant in the KL
       shuffle_seed=0,           # reading 'random': the permutations' seed
       shuffle_refresh_every=100,  # the shuffler's order is refreshed from Q every N steps
-      shuffle_statistic='nll',  # likelihood/oracle: per-channel prior 'nll' or 'divergence'
+      shuffle_statistic='dataset_kl',  # likelihood/oracle: what the units are ranked by
+                                # ('dataset_kl', 'nll', 'divergence': shuffle/statistics.py)
       kl_weight=1e-3,           # lambda of Eq. 12
       kl_units='nats',          # lambda*KL added to the NLL in 'nats' or to bits/dim ('bpd')
       split_prior='standard',   # 'standard' (paper) or 'conditional' (Glow)
@@ -68,12 +75,14 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 # before they existed) means the behaviour of that time, not today's default.
 LEGACY_VALUES = {'model.shuffle_mode': 'kl', 'model.solver_input': 'count',
                  'model.shuffle_refresh_every': 1, 'optim.shuffle_optimizer': 'shared',
-                 'model.denseflow.norm': 'group'}
+                 'model.denseflow.norm': 'group', 'model.shuffle_statistic': 'nll',
+                 'model.shuffle_unit': 'channel', 'model.shuffle_halves': 'sorted',
+                 'model.guider_min_width': 1, 'model.shuffle_permutations': [],
+                 'model.shuffle_seed': 0}
 NORMS = ('group', 'batch')
-SHUFFLE_MODES = ('likelihood', 'kl', 'random', 'oracle')
 # Model keys that old saved configs may lack (LEGACY_VALUES, or read with .get).
 LEGACY_KEYS = {name.split('.')[1] for name in LEGACY_VALUES if name.startswith('model.')} | {
-    'shuffle_seed', 'shuffle_statistic', 'kl_units', 'compute_dtype', 'ffjord'}
+    'kl_units', 'compute_dtype', 'ffjord'}
 
 
 def legacy_get(config, name: str):
@@ -150,20 +159,7 @@ def validate(config) -> None:
     raise UserError(f"model.dequantizer must be 'uniform' or 'variational', got {m.dequantizer!r}")
   if m.split_prior not in ('standard', 'conditional'):
     raise UserError(f"model.split_prior must be 'standard' or 'conditional', got {m.split_prior!r}")
-  mode = legacy_get(config, 'model.shuffle_mode')
-  if mode not in SHUFFLE_MODES:
-    raise UserError(f"model.shuffle_mode must be one of {', '.join(SHUFFLE_MODES)}, got "
-                    f"{mode!r}; set --config.model.shuffle_mode=likelihood")
-  if legacy_get(config, 'model.solver_input') not in ('normalized', 'count'):
-    raise UserError(f"model.solver_input must be 'normalized' or 'count', got "
-                    f"{m.solver_input!r}; set --config.model.solver_input=normalized")
-  refresh = legacy_get(config, 'model.shuffle_refresh_every')
-  if not isinstance(refresh, int) or refresh < 1:
-    raise UserError(f'model.shuffle_refresh_every must be an integer >= 1, got {refresh!r}; '
-                    'set --config.model.shuffle_refresh_every=100')
-  if m.get('shuffle_statistic', 'nll') not in ('nll', 'divergence'):
-    raise UserError(f"model.shuffle_statistic must be 'nll' or 'divergence', got "
-                    f"{m.shuffle_statistic!r}; set --config.model.shuffle_statistic=nll")
+  shuffle.check_settings(shuffle_settings(config), m.num_scales)
   if m.get('kl_units', 'nats') not in ('nats', 'bpd'):
     raise UserError(f"model.kl_units must be 'nats' or 'bpd', got {m.kl_units!r}; "
                     "set --config.model.kl_units=nats")
@@ -173,6 +169,20 @@ def validate(config) -> None:
   dtype = m.get('compute_dtype', 'float32')  # configs saved before the key existed
   if dtype not in _COMPUTE_DTYPES:
     raise UserError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+
+
+def shuffle_settings(config) -> shuffle.ShuffleSettings:
+  """The Shuffle's settings from config.model (an old config's missing keys read as
+  LEGACY_VALUES)."""
+  m = config.model
+  get = lambda key: legacy_get(config, f'model.{key}')
+  return shuffle.ShuffleSettings(
+      mode=get('shuffle_mode'), unit=get('shuffle_unit'), halves=get('shuffle_halves'),
+      statistic=get('shuffle_statistic'), reduction=m.shuffle_reduction,
+      guider_min_width=get('guider_min_width'), solver_layers=m.solver_layers,
+      solver_input=get('solver_input'), kl_grad_to_guider=m.kl_grad_to_guider,
+      seed=get('shuffle_seed'), refresh_every=get('shuffle_refresh_every'),
+      permutations=shuffle.permutations_from(get('shuffle_permutations')))
 
 
 def _positive_int(value) -> bool:
@@ -317,13 +327,7 @@ def build(config) -> EIWFlow:
   flow = MultiScaleFlow(
       num_scales=m.num_scales, body=body, shuffle=m.shuffle,
       initial_squeeze=m.initial_squeeze, split_prior=m.split_prior,
-      learned_base=m.learned_base, shuffle_reduction=m.shuffle_reduction,
-      solver_layers=m.solver_layers, kl_grad_to_guider=m.kl_grad_to_guider,
-      shuffle_mode=legacy_get(config, 'model.shuffle_mode'),
-      solver_input=legacy_get(config, 'model.solver_input'),
-      shuffle_refresh_every=legacy_get(config, 'model.shuffle_refresh_every'),
-      shuffle_statistic=m.get('shuffle_statistic', 'nll'),
-      shuffle_seed=m.get('shuffle_seed', 0))
+      learned_base=m.learned_base, shuffle_settings=shuffle_settings(config))
   if m.dequantizer == 'uniform':
     dequantizer = UniformDequantizer()
   elif m.backbone == 'denseflow':

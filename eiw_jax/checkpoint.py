@@ -355,19 +355,39 @@ _FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider', 'mod
                               'model.invertible_grad', 'model.remat', 'model.compute_dtype'})
 
 
+# The Shuffle's keys: they change no variable between two models whose Shuffles
+# have none (the vanilla flow and the readings 'random' and 'fixed'), so a vanilla
+# run continues under a fixed order (experiments/shuffle_paired.py) and back.
+_ORDER_ONLY_MODES = ('random', 'fixed')
+
+
+def _shuffle_key(key: str) -> bool:
+  return key.startswith('model.shuffle') or key in (
+      'model.guider_min_width', 'model.solver_layers', 'model.solver_input')
+
+
+def _parameter_free_shuffle(flat: dict, defaults: dict) -> bool:
+  get = lambda k: flat.get(k, defaults.get(k))
+  return not get('model.shuffle') or get('model.shuffle_mode') in _ORDER_ONLY_MODES
+
+
 def _structure_difference(saved: dict, new: dict):
   """First (key, saved, new) that differs among structural keys, or None.
 
   A key the saved config lacks (written by an older version) stands for the
   behaviour of that version (builder.LEGACY_VALUES) or else for the key's
-  default, and matches a new value equal to that.
+  default, and matches a new value equal to that. The Shuffle's keys are free
+  between two models whose Shuffles have no variables.
   """
   # pylint: disable=g-import-not-at-top
   from eiw_jax.builder import LEGACY_VALUES, model_config
   defaults = {**_flatten({'model': model_config().to_dict()}), **LEGACY_VALUES}
   saved, new = _flatten(saved), _flatten(new)
+  free_order = (_parameter_free_shuffle(saved, defaults)
+                and _parameter_free_shuffle(new, defaults))
   structural = lambda k: (k == 'model' or k.startswith('model.') or (
-      k in _STRUCTURE_KEYS)) and k not in _FREE_MODEL_KEYS
+      k in _STRUCTURE_KEYS)) and k not in _FREE_MODEL_KEYS and not (
+          free_order and _shuffle_key(k))
   for key in sorted(k for k in saved.keys() | new.keys() if structural(k)):
     missing = object()
     old_value, new_value = saved.get(key, missing), new.get(key, missing)

@@ -27,7 +27,7 @@ from eiw_jax.bijectors import (ActNorm, Bijector, Chain, Coupling, InvConv1x1,
                                Permute, squeeze, sum_event, unsqueeze, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.nets import Conv, ConvNet
-from eiw_jax.shuffle import make_shuffle
+from eiw_jax.shuffle import ShuffleSettings, make_shuffle
 
 
 class GlowStep(Bijector):
@@ -110,8 +110,8 @@ class MultiScaleFlow(nn.Module):
     body: `body(k, name=...)` builds scale k's flow steps: any bijector on
       [B, H, W, C] (it may add channels, as DenseFlow's augmentation does).
     shuffle: the EIW Shuffle at each transition; False gives the vanilla flow.
-    shuffle_mode: the Shuffle's reading: 'likelihood', 'kl', 'random' or
-      'oracle' (see eiw_jax/shuffle/__init__.py).
+    shuffle_settings: how each Shuffle is built: its reading, unit, ...
+      (shuffle.ShuffleSettings; see eiw_jax/shuffle/__init__.py).
     initial_squeeze: squeeze once before the first scale (needed for 1-channel
       images: a coupling needs two channels).
     split_prior: 'standard' (z_k ~ N(0, I), the paper) or 'conditional' (Glow).
@@ -123,14 +123,7 @@ class MultiScaleFlow(nn.Module):
   initial_squeeze: bool = True
   split_prior: str = 'standard'
   learned_base: bool = False
-  shuffle_reduction: int = 16
-  solver_layers: int = 2
-  kl_grad_to_guider: bool = True  # reading 'kl' only
-  shuffle_mode: str = 'likelihood'
-  solver_input: str = 'normalized'
-  shuffle_seed: int = 0  # reading 'random' only
-  shuffle_refresh_every: int = 1  # refresh the shuffler's order every this many steps
-  shuffle_statistic: str = 'nll'  # readings 'likelihood' and 'oracle': 'nll' or 'divergence'
+  shuffle_settings: ShuffleSettings = ShuffleSettings()
 
   def forward(self, x, **kwargs):
     """Image-shaped x -> (latents [z_1..z_K], logdet [B], KL per transition [K-1]).
@@ -156,12 +149,8 @@ class MultiScaleFlow(nn.Module):
 
     def shuffle(k, channels):  # built lazily: the channel count is known only here
       if k not in shuffles:
-        shuffles[k] = make_shuffle(
-            self.shuffle_mode, channels, transition=k, reduction=self.shuffle_reduction,
-            solver_layers=self.solver_layers, solver_input=self.solver_input,
-            kl_grad_to_guider=self.kl_grad_to_guider, seed=self.shuffle_seed,
-            refresh_every=self.shuffle_refresh_every, statistic=self.shuffle_statistic,
-            name=f'shuffle_{k}')
+        shuffles[k] = make_shuffle(self.shuffle_settings, channels, transition=k,
+                                   name=f'shuffle_{k}')
       return shuffles[k]
 
     if inverse:

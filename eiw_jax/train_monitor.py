@@ -22,6 +22,9 @@ import tqdm
 from eiw_jax import api, data, losses
 
 
+_CHANGE_FLAGS = ('split_changed_', 'order_changed_')
+
+
 class Monitor:
 
   def __init__(self, trainer, workdir: str, start: int, total: int,
@@ -48,12 +51,14 @@ class Monitor:
   def tick(self, input_s: float = 0.0, metrics=None) -> None:
     """One step done; `input_s` is the time the host waited for its batch.
 
-    The Shuffle's per-step `split_changed_k` flags are summed on the device (no
-    host sync) and logged as `split_changes_k`: the number of steps since the
-    previous log whose update changed transition k's factored-out channel set.
+    The Shuffle's per-step `split_changed_k` and `order_changed_k` flags are
+    summed on the device (no host sync) and logged as `split_changes_k` and
+    `order_changes_k`: the number of steps since the previous log whose update
+    changed transition k's factored-out channel set, or kept the set but
+    reordered the channels within a half.
     """
     self._input_s += input_s
-    flags = {k: v for k, v in (metrics or {}).items() if k.startswith('split_changed_')}
+    flags = {k: v for k, v in (metrics or {}).items() if k.startswith(_CHANGE_FLAGS)}
     if flags:
       self._changes = flags if self._changes is None else jax.tree.map(
           jnp.add, self._changes, flags)
@@ -62,7 +67,7 @@ class Monitor:
   def log(self, step: int, metrics, extra=None) -> dict:
     """Fetches the step's metrics (one host sync per logged step) and writes them."""
     record = {k: float(v) for k, v in jax.device_get(metrics).items()
-              if not k.startswith('split_changed_')}
+              if not k.startswith(_CHANGE_FLAGS)}
     if self._changes is not None:
       record.update({k.replace('changed', 'changes'): int(v)
                      for k, v in jax.device_get(self._changes).items()})

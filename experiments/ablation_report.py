@@ -51,14 +51,14 @@ def _stats(values) -> tuple:
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float('nan')
 
 
-def _fmt(values, digits=4) -> str:
+def fmt(values, digits=4) -> str:
   if not values:
     return '–'
   m, s = _stats(values)
   return f'{m:.{digits}f} ± {s:.{digits}f}' if not math.isnan(s) else f'{m:.{digits}f}'
 
 
-def _r2e2_after(r, split='test'):
+def r2e2_after(r, split='test'):
   rows = r['entropy'].get(split, [])
   if not rows:
     return None
@@ -79,7 +79,7 @@ def arm_rows(results: dict, arms, kl_weight=1e-3) -> list:
       continue
     bpd = [r['bpd']['bpd'] for r in runs]
     iw = [r['bpd']['bpd_iw'] for r in runs if 'bpd_iw' in r['bpd']]
-    r2 = [x for x in (_r2e2_after(r) for r in runs) if x is not None]
+    r2 = [x for x in (r2e2_after(r) for r in runs) if x is not None]
     changes = [_changes(r) for r in runs]
     rows.append(dict(arm=arm, runs=runs, bpd=bpd, iw=iw, r2e2=r2, changes=changes))
   return rows
@@ -135,8 +135,8 @@ def write(results: dict, docs: str, command: str) -> None:
       '| arm | seeds | test bits/dim | IW bound | R2E2 after | set changes (all / after warm-up) |',
       '|---|---|---|---|---|---|']
   for r in rows:
-    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(r["iw"])} | '
-                 f'{_fmt(r["r2e2"], 3)} | {_changes_cell(r)} |')
+    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {fmt(r["bpd"])} | {fmt(r["iw"])} | '
+                 f'{fmt(r["r2e2"], 3)} | {_changes_cell(r)} |')
   lines += _per_run(rows)
   sweep = sorted({(r['arm'], r['kl_weight']) for r in results.values()
                   if r['arm'] in ('kl', 'likelihood')})
@@ -151,13 +151,13 @@ def write(results: dict, docs: str, command: str) -> None:
       if r is None:
         continue
       ch = ', '.join(f'{a}/{b}' for a, b in r['changes'])
-      lines.append(f'| {lam:g} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(r["iw"])} | {ch} |')
+      lines.append(f'| {lam:g} | {len(r["bpd"])} | {fmt(r["bpd"])} | {fmt(r["iw"])} | {ch} |')
   lines += ['', '## Verdict (computed from the table)', '',
             'A reading beats a reference when its mean test bits/dim is lower by more than the '
             'larger of the two arms\' seed standard deviations.', '', verdict(rows), '',
-            f'Machine: {_cpu_name()}, {os.cpu_count()} cores. '
+            f'Machine: {cpu_name()}, {os.cpu_count()} cores. '
             '![test bits/dim per arm](shuffle_ablation.png)', '']
-  _replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines[2:]), lines[0],
+  replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines[2:]), lines[0],
                  (BEGIN, END))
   plot(rows, os.path.join(docs, 'shuffle_ablation.png'))
 
@@ -187,13 +187,13 @@ def write_cnf(results: dict, docs: str, command: str, kl_weight: float = 1e-4) -
       '|---|---|---|---|---|']
   for r in rows:
     train = [run['train_bpd_last'] for run in r['runs'] if run.get('train_bpd_last')]
-    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {_fmt(r["bpd"])} | {_fmt(train)} | '
+    lines.append(f'| {r["arm"]} | {len(r["bpd"])} | {fmt(r["bpd"])} | {fmt(train)} | '
                  f'{_changes_cell(r)} |')
   lines += _per_run(rows)
   lines += ['', 'Verdict (computed from the table, the rule above):', '', verdict(rows), '',
-            f'Machine: {_cpu_name()}, {os.cpu_count()} cores. '
+            f'Machine: {cpu_name()}, {os.cpu_count()} cores. '
             '![test bits/dim per arm, continuous flow](shuffle_ablation_cnf.png)']
-  _replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines),
+  replace_block(os.path.join(docs, 'RESULTS.md'), '\n'.join(lines),
                  '# The Shuffle ablation', (CNF_BEGIN, CNF_END))
   plot(rows, os.path.join(docs, 'shuffle_ablation_cnf.png'))
 
@@ -215,7 +215,7 @@ CNF_BEGIN = '<!-- continuous-flow ablation tables: begin (written by the script)
 CNF_END = '<!-- continuous-flow ablation tables: end -->'
 
 
-def _replace_block(path: str, block: str, title: str, markers) -> None:
+def replace_block(path: str, block: str, title: str, markers) -> None:
   """Writes `block` between the `markers` (begin, end) of `path`, keeping the text
   around them (the hand-written reading of the numbers); a file without them gets
   them appended; creates the file if needed."""
@@ -228,13 +228,13 @@ def _replace_block(path: str, block: str, title: str, markers) -> None:
     text = f'{text.rstrip()}\n\n{begin}\n{end}\n'
   head, rest = text.split(begin, 1)
   tail = rest.split(end, 1)[1]
-  tmp = path + '.tmp'
+  tmp = f'{path}.{os.getpid()}.tmp'  # several writers may rewrite it at once
   with open(tmp, 'w') as f:
     f.write(f'{head}{begin}\n{block}\n{end}{tail}')
   os.replace(tmp, path)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:

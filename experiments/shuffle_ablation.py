@@ -39,7 +39,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import ablation_report
+from experiments import ablation_model, ablation_report
 
 _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'configs/<dataset>.py to start from.')
 _BACKBONE = flags.DEFINE_enum(
@@ -78,15 +78,17 @@ def base_lambda() -> float:
 def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: float):
   """The shared small model (the paper's fixed N(0, I) split prior) with one arm's Shuffle,
   or with --backbone=ffjord the dataset's continuous flow with that Shuffle."""
-  import importlib
-  get_config = importlib.import_module(f'configs.{dataset}').get_config
+  # The settings of issue 9's runs (before issue 26's defaults): channels sorted in
+  # each half, the 'nll' statistic unless '_divergence', the guider's width 4C // r.
   shuffle = dict(shuffle=arm != 'vanilla',
                  shuffle_mode='likelihood' if arm == 'vanilla' else arm.split('_')[0],
                  shuffle_statistic='divergence' if DIVERGENCE in arm else 'nll',
+                 shuffle_halves='sorted', guider_min_width=1,
                  shuffle_seed=seed, kl_weight=kl_weight)
   freeze = _FREEZE_AFTER.value if FROZEN in arm else 0
   if _BACKBONE.value == 'ffjord':
-    cfg = get_config('ffjord')
+    import importlib
+    cfg = importlib.import_module(f'configs.{dataset}').get_config('ffjord')
     cfg.model.update(**shuffle)
     cfg.optim.shuffle_freeze_after = freeze
     cfg.train.update(num_steps=steps, seed=seed, log_every=25, eval_every=steps,
@@ -95,16 +97,9 @@ def ablation_config(dataset: str, arm: str, seed: int, steps: int, kl_weight: fl
     cfg.eval.update(batch_size=500, num_examples=_EVAL_EXAMPLES.value,
                     iw_samples=_IW.value, entropy_examples=500)
     return cfg
-  cfg = get_config()
-  cfg.model.update(num_scales=2, num_steps=4, hidden=64, split_prior='standard',
-                   learned_base=True, dequantizer='uniform', **shuffle)
-  cfg.data.batch_size = 64
-  cfg.optim.update(lr=5e-4, warmup_steps=200, shuffle_freeze_after=freeze)
-  cfg.train.update(num_steps=steps, seed=seed, log_every=50, eval_every=steps,
-                   checkpoint_every=250, keep_checkpoints=2, eval_examples=1000,
-                   num_samples=16)
-  cfg.eval.update(batch_size=500, num_examples=0, iw_samples=_IW.value,
-                  entropy_examples=1000)
+  cfg = ablation_model.ablation_config(dataset, seed=seed, steps=steps, **shuffle)
+  cfg.optim.shuffle_freeze_after = freeze
+  cfg.eval.iw_samples = _IW.value
   return cfg
 
 

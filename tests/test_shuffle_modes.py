@@ -65,10 +65,15 @@ def test_guider_target_trains_no_flow_parameter():
   assert _abs_sum(strip(lik)) > 0
 
 
-def test_likelihood_target_ranks_channels_by_their_prior_cost():
+def settings(mode='likelihood', **kw):
+  return shuffle.ShuffleSettings(mode=mode, **kw)
+
+
+def test_nll_target_ranks_channels_by_their_prior_cost():
+  # statistics.py: 'nll' ranks the narrowest channels lowest (they are factored out).
   scales = jnp.array([0.1, 3.0, 1.0, 0.5])
   u = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)) * scales
-  t = shuffle.likelihood.channel_target(u)
+  t = shuffle.likelihood.unit_target(u, 'nll')
   np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(np.argsort(-np.asarray(t), axis=-1), [[1, 2, 3, 0]] * 2)
   # n_bc by hand: 0.5 mean(u^2) + 0.5 log(2 pi).
@@ -80,7 +85,7 @@ def test_likelihood_target_ranks_channels_by_their_prior_cost():
 def test_guider_fit_by_hand():
   n = 8
   u = jax.random.normal(jax.random.key(0), (3, 2, 2, n)) * jnp.arange(1, n + 1)
-  sh = shuffle.LikelihoodShuffle(n, reduction=2)
+  sh = shuffle.make_shuffle(settings(reduction=2, statistic='nll'), n)
   v = sh.init(jax.random.key(1), u, method='forward')
   (_, kl), sown = sh.apply(v, u, method='forward_with_kl', mutable=[FIT_COLLECTION])
   (fit,) = jax.tree.leaves(sown)
@@ -102,10 +107,9 @@ def test_divergence_statistic_by_hand_and_its_oracle_order():
   m, v = u64.mean(axis=(1, 2)), u64.var(axis=(1, 2))
   np.testing.assert_allclose(d, 0.5 * (v + m**2 - 1 - np.log(v)), rtol=1e-4, atol=1e-6)
   # The oracle fitted to it factors out the channels nearest N(0, 1): 1 and 3.
-  sh = shuffle.make_shuffle('oracle', 4, statistic='divergence')
+  sh = shuffle.make_shuffle(settings('oracle', statistic='divergence'), 4)
   target = d.mean(0)
-  order = shuffle.channel_order(sh.apply({'params': {'stats': jnp.asarray(target)}},
-                                         method='scores'))
+  order = sh.apply({'params': {'stats': jnp.asarray(target)}}, method='permutation')
   assert sorted(np.asarray(order)[2:].tolist()) == [1, 3]
 
 
@@ -113,7 +117,7 @@ def test_divergence_statistic_by_hand_and_its_oracle_order():
 def test_parameter_free_readings_are_exact_bijections(mode):
   n = 12
   u = jax.random.normal(jax.random.key(3), (2, 3, 3, n))
-  sh = shuffle.make_shuffle(mode, n, transition=1, seed=7)
+  sh = shuffle.make_shuffle(settings(mode, seed=7), n, transition=1)
   v = sh.init(jax.random.key(0), u, method='forward')
   if mode == 'oracle':
     v = {'params': {'stats': jax.random.normal(jax.random.key(4), (n,))}}
@@ -123,26 +127,26 @@ def test_parameter_free_readings_are_exact_bijections(mode):
   np.testing.assert_array_equal(x, u)
   np.testing.assert_array_equal(ld, 0.0)
   np.testing.assert_array_equal(ld_inv, 0.0)
-  perm = np.asarray(shuffle.channel_order(sh.apply(v, method='scores')))
+  perm = np.asarray(sh.apply(v, method='permutation'))
   np.testing.assert_array_equal(y, np.asarray(u)[..., perm])
 
 
 def test_random_permutation_is_seeded_per_transition():
-  orders = {(seed, k): tuple(np.asarray(shuffle.channel_order(
-      shuffle.make_shuffle('random', 16, transition=k, seed=seed).apply({}, method='scores'))))
-            for seed in (0, 1) for k in (0, 1)}
+  def order(seed, k):
+    sh = shuffle.make_shuffle(settings('random', seed=seed), 16, transition=k)
+    return tuple(np.asarray(sh.apply({}, method='permutation')))
+  orders = {(seed, k): order(seed, k) for seed in (0, 1) for k in (0, 1)}
   assert len(set(orders.values())) == 4
-  again = shuffle.make_shuffle('random', 16, transition=1, seed=1).apply({}, method='scores')
-  assert tuple(np.asarray(shuffle.channel_order(again))) == orders[(1, 1)]
-  assert shuffle.make_shuffle('random', 16).init(jax.random.key(0), jnp.zeros((1, 1, 1, 16)),
-                                                 method='forward') == {}
+  assert order(1, 1) == orders[(1, 1)]
+  assert shuffle.make_shuffle(settings('random'), 16).init(
+      jax.random.key(0), jnp.zeros((1, 1, 1, 16)), method='forward') == {}
 
 
 def test_oracle_statistic_is_a_moving_average_of_the_channel_cost():
   n, rate = 6, 0.25
   cfg = base_config(name='x', image_size=4, channels=1, batch_size=1, train_steps=1)
   cfg.optim.oracle_rate = rate
-  sh = shuffle.make_shuffle('oracle', n)
+  sh = shuffle.make_shuffle(settings('oracle'), n)
   u = jax.random.normal(jax.random.key(0), (3, 2, 2, n)) * jnp.arange(1, n + 1)
   params = sh.init(jax.random.key(0), u, method='forward')['params']
   opt = make_optimizer(cfg.optim)
@@ -156,7 +160,7 @@ def test_oracle_statistic_is_a_moving_average_of_the_channel_cost():
 
   updates, _ = opt.update(jax.grad(fit)(tree), state, tree)
   new = optax.apply_updates(tree, updates)['flow']['shuffle_0']['stats']
-  target = np.mean(np.asarray(shuffle.channel_nll(u)), axis=0)
+  target = np.asarray(shuffle.dataset_kl(u))[0]  # one value per channel over the batch
   np.testing.assert_allclose(new, rate * target, rtol=1e-5)  # s <- s + rate (n - s), s = 0
 
 
@@ -174,9 +178,9 @@ def _train_shuffle(n, lambdas, steps, optim_updates=None, refresh_every=100):
   cfg = base_config(name='x', image_size=4, channels=1, batch_size=1, train_steps=1)
   cfg.optim.update(warmup_steps=20, **(optim_updates or {}))
   opt = make_optimizer(cfg.optim)
-  flow = eiw_jax.MultiScaleFlow(num_scales=2, body=None, shuffle_mode='likelihood',
-                                shuffle_refresh_every=refresh_every)
-  sh = shuffle.make_shuffle('likelihood', n, reduction=16, refresh_every=refresh_every)
+  flow = eiw_jax.MultiScaleFlow(num_scales=2, body=None,
+                                shuffle_settings=settings(refresh_every=refresh_every))
+  sh = shuffle.make_shuffle(flow.shuffle_settings, n)
   u0, _ = _synthetic_u(jax.random.key(0), n)
   v = sh.init(jax.random.key(1), u0, method='forward')
   params = {'flow': {'shuffle_0': v['params']}}
@@ -195,9 +199,9 @@ def _train_shuffle(n, lambdas, steps, optim_updates=None, refresh_every=100):
       updates, s = opt.update(jax.grad(loss)(p, c, u, lam), s, p)
       p = optax.apply_updates(p, updates)
       c = shuffle.refresh_orders(flow, p['flow'], c, i + 1)
-      (live,) = shuffle.transition_scores(flow, p['flow'])
-      (used,) = shuffle.transition_scores(flow, p['flow'], flow_consts=c)
-      masks = [shuffle.factored_mask(shuffle.channel_order(x)) for x in (live, used)]
+      (live,) = shuffle.transition_permutations(flow, p['flow'])
+      (used,) = shuffle.transition_permutations(flow, p['flow'], flow_consts=c)
+      masks = [shuffle.factored_mask(x) for x in (live, used)]
       return (p, s, c, i + 1), jnp.stack(masks)
 
     keys = jax.random.split(jax.random.key(2), steps)
@@ -226,10 +230,11 @@ def test_split_settles_at_paper_channel_counts(n):
   # The live Q settles: its set changes less often late than early.
   live_changes = _changes(live)
   assert live_changes[300:].sum() < live_changes[:100].sum()
-  # The channels the N(0, I) prior explains worst (largest scale) go on.
+  # The channels furthest from the N(0, 1) prior go on (statistics.dataset_kl).
   _, scales = _synthetic_u(jax.random.key(0), n)
+  s2 = np.asarray(scales, np.float64) ** 2
   expected = np.zeros(n, bool)
-  expected[np.argsort(-np.asarray(scales))[:n // 2]] = True
+  expected[np.argsort(-(s2 - 1 - np.log(s2)))[:n // 2]] = True
   assert (~np.asarray(used)[-1] == expected).mean() >= 0.75
   assert float(-jnp.sum(q * jnp.log(q))) < np.log(n)  # Q has left uniform
 
@@ -250,7 +255,7 @@ def test_solver_input_normalized_keeps_updates_small():
   # One SGD step on λ KL: the logits move by ~λ lr / 4 per unit of relative gap,
   # with the normalised input; the raw count 616 multiplies the first layer's scale.
   def logit_step(solver_input):
-    sh = shuffle.KLShuffle(616, solver_input=solver_input)
+    sh = shuffle.make_shuffle(settings('kl', solver_input=solver_input), 616)
     u = jax.random.normal(jax.random.key(0), (4, 2, 2, 616))
     v = sh.init(jax.random.key(1), u, method='forward')
     g = jax.grad(lambda p: 1e-3 * sh.apply({'params': p}, u, method='forward_with_kl')[1])(
@@ -281,13 +286,18 @@ def test_overshooting_solver_rate_is_refused():
 def test_configs_saved_before_the_modes_keep_their_meaning():
   cfg = tiny_config('likelihood')
   old = ml_collections.ConfigDict(cfg.to_dict())
-  del old.model['shuffle_mode'], old.model['solver_input']
-  flow = eiw_jax.build(old).flow
-  assert (flow.shuffle_mode, flow.solver_input) == ('kl', 'count')
+  added = ('shuffle_mode', 'solver_input', 'shuffle_statistic', 'shuffle_unit',
+           'shuffle_halves', 'guider_min_width', 'shuffle_permutations')
+  for key in added:
+    del old.model[key]
+  s = eiw_jax.build(old).flow.shuffle_settings
+  assert (s.mode, s.solver_input, s.statistic, s.unit, s.halves, s.guider_min_width) == (
+      'kl', 'count', 'nll', 'channel', 'sorted', 1)
   saved = {'model': old.model.to_dict(), 'optim': {}}
   diff = _structure_difference(saved, {'model': cfg.model.to_dict(), 'optim': {}})
-  assert diff[0] == 'model.shuffle_mode' and '"kl"' in diff[1]
-  new = {'model': {**cfg.model.to_dict(), 'shuffle_mode': 'kl', 'solver_input': 'count'},
+  assert diff[0] == 'model.guider_min_width' and diff[1] == '1'
+  new = {'model': {**cfg.model.to_dict(),
+                   **{k: LEGACY_VALUES[f'model.{k}'] for k in added}},
          'optim': {'shuffle_optimizer': LEGACY_VALUES['optim.shuffle_optimizer']}}
   assert _structure_difference(saved, new) is None
 
@@ -313,3 +323,56 @@ def test_shuffle_info_reports_the_permutation_in_use(mode):
   assert int(state['factored'].sum()) == 8
   np.testing.assert_array_equal(np.nonzero(state['factored'])[0], np.sort(state['perm'][8:]))
   assert eiw_jax.shuffle_info(eiw_jax.build(tiny_config(mode, shuffle=False)), v) == []
+
+
+def test_fixed_order_continues_a_vanilla_model():
+  vanilla = eiw_jax.build(tiny_config('likelihood', shuffle=False))
+  v = eiw_jax.init(vanilla, jax.random.key(1), IMAGES)
+  identity = eiw_jax.build(tiny_config('fixed', shuffle_permutations=[list(range(16))]))
+  swapped = list(range(16))
+  swapped[2], swapped[12] = swapped[12], swapped[2]  # channel 2 out, channel 12 on
+  fixed = eiw_jax.build(tiny_config('fixed', shuffle_permutations=[swapped]))
+  # The same variables: a vanilla checkpoint restores as it is.
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      v, eiw_jax.init(fixed, jax.random.key(1), IMAGES))
+  lp = eiw_jax.log_prob(vanilla, v, IMAGES)
+  np.testing.assert_array_equal(eiw_jax.log_prob(identity, v, IMAGES), lp)
+  assert not np.allclose(eiw_jax.log_prob(fixed, v, IMAGES), lp)
+  (info,) = eiw_jax.shuffle_info(fixed, v)
+  np.testing.assert_array_equal(info['perm'], swapped)
+  y = eiw_jax.to_continuous(IMAGES, 8)
+  latents, _ = eiw_jax.forward(fixed, v, y)
+  np.testing.assert_allclose(eiw_jax.inverse(fixed, v, latents)[0], y, atol=1e-5)
+  # The checkpoint's structure check lets the order change between parameter-free
+  # Shuffles, not towards one with parameters.
+  as_dict = lambda c: {'model': c.model.to_dict(), 'optim': {}}
+  assert _structure_difference(as_dict(tiny_config('likelihood', shuffle=False)),
+                               as_dict(tiny_config('fixed', shuffle_permutations=[swapped])))is None
+  assert _structure_difference(as_dict(tiny_config('likelihood', shuffle=False)),
+                               as_dict(tiny_config('likelihood'))) is not None
+
+
+@pytest.mark.parametrize('orders,message', [
+    ([], 'one order of units per transition'),
+    ([[0, 1, 2]], r'permutation of 0\.\.15'),
+    ([[0, 0] + list(range(2, 16))], r'permutation of 0\.\.15'),
+    ([['a']], 'list of lists of integers'),
+])
+def test_fixed_order_errors_name_the_key(orders, message):
+  with pytest.raises(UserError, match=message):
+    model = eiw_jax.build(tiny_config('fixed', shuffle_permutations=orders))
+    eiw_jax.init(model, jax.random.key(1), IMAGES)
+
+
+@pytest.mark.parametrize('halves', ['sorted', 'keep_order'])
+def test_split_changes_count_reorders_within_a_half(halves):
+  flow = eiw_jax.MultiScaleFlow(num_scales=2, body=None,
+                                shuffle_settings=settings('oracle', halves=halves))
+  version = lambda stats: {'params': {'shuffle_0': {'stats': jnp.asarray(stats, jnp.float32)}},
+                           'consts': {}}
+  old = version([4.0, 3.0, 2.0, 1.0])
+  reordered = shuffle.split_changes(flow, old, version([3.0, 4.0, 2.0, 1.0]))
+  moved = shuffle.split_changes(flow, old, version([1.0, 3.0, 2.0, 4.0]))
+  assert int(moved['split_changed_1']) == 1 and int(moved['order_changed_1']) == 0
+  assert int(reordered['split_changed_1']) == 0
+  assert int(reordered['order_changed_1']) == (1 if halves == 'sorted' else 0)

@@ -2,8 +2,8 @@
 
 At transition k (flow.py), u_k = Squeeze(h_k) with h_k the output of scale k's
 flow steps. Before the Shuffle, x_k / z_k are the first / second half of u_k's
-channels; after it, of û_k = u_k[..., perm] with perm = channel_order(scores)
-(paper §3.4, §8.2; the scores are the solver's logits in the readings with one).
+channels; after it, of û_k = u_k[..., perm] with perm the shuffler's permutation
+(paper §3.4, §8.2; shuffle.transition_permutations).
 
 u_k is recovered without touching flow.py: the model is applied to the data
 (its own dequantizer, as in training) with flax `capture_intermediates`
@@ -22,7 +22,7 @@ import numpy as np
 
 from eiw_jax.bijectors import squeeze
 from eiw_jax.model import rngs_for
-from eiw_jax.shuffle import channel_order, transition_scores
+from eiw_jax.shuffle import transition_permutations, transition_scores
 
 
 def _is_scale_output(module, method_name: str) -> bool:
@@ -46,10 +46,19 @@ def transition_tensors(model, variables, images, rng) -> List[jnp.ndarray]:
 
 def channel_orders(model, variables, num_channels) -> Optional[List[Tuple[np.ndarray, np.ndarray]]]:
   """Per transition (weights [4C], perm [4C]) as the flow uses them; None for the
-  vanilla model. The weights sum to 1 and their stable descending order is perm:
-  Q for the readings with a solver, softmax of the scores for the others."""
+  vanilla model. perm is the shuffler's permutation; the weights sum to 1 and rank
+  the channels as the scores in use do (Q for the readings with a solver, softmax
+  of the scores for the others; with map units a map's weight is shared by its
+  four channels, each a quarter of it)."""
   if not model.flow.shuffle:
     return None
-  scores = transition_scores(model.flow, variables['params']['flow'], num_channels,
-                             flow_consts=variables.get('consts', {}).get('flow', {}))
-  return [(np.asarray(jax.nn.softmax(s)), np.asarray(channel_order(s))) for s in scores]
+  flow, params = model.flow, variables['params']['flow']
+  consts = variables.get('consts', {}).get('flow', {})
+  scores = transition_scores(flow, params, num_channels, flow_consts=consts)
+  perms = transition_permutations(flow, params, num_channels, flow_consts=consts)
+  out = []
+  for s, perm in zip(scores, perms):
+    weights = np.asarray(jax.nn.softmax(s))
+    size = len(perm) // len(weights)
+    out.append((np.repeat(weights / size, size), np.asarray(perm)))
+  return out

@@ -3,32 +3,38 @@
 At a transition, u_k = Squeeze(...) has 4C channels. The Shuffle reorders them;
 the first 2C go on to the next scale and the last 2C are factored out (z_k):
 
-    perm = stable argsort of the reading's scores, descending   # the shuffler
-    û_k  = u_k[..., perm]                                       # logdet exactly 0
+    perm = the units with the highest scores first               # the shuffler
+    û_k  = u_k[..., perm]                                        # logdet exactly 0
 
 The scores never depend on the data being transformed, so the permutation is the
 same in inference and sampling and the inverse (argsort(perm)) is exact. Every
-reading with parameters starts with equal scores, whose stable argsort is the
-identity: at init the EIW flow equals the vanilla multi-scale flow.
+reading with parameters starts with equal scores, whose order is the identity: at
+init the EIW flow equals the vanilla multi-scale flow.
+
+Which units are factored out is the paper's point: those whose values already look
+like the N(0, 1) prior (high entropy, §4, Prop. 1), while the information-rich
+ones go on (§3.5). A unit is one channel of u_k (`model.shuffle_unit='channel'`,
+the paper's "channel feature map") or one pre-squeeze feature map, four channels
+that move together ('map'). `model.shuffle_halves='keep_order'` (the default)
+lets the scores choose only which units go on; each half keeps its order in u_k.
 
 The paper leaves open how the likelihood reaches the Shuffle (the argsort has no
 gradient). `model.shuffle_mode` picks a reading; each lives in its own module:
 
-- 'likelihood' (likelihood.py, the default, §3.5): "By focusing the G's training
-  on maximizing the dataset's likelihood ... without the influence of the KL
-  loss, each element in P can reflect the richness and importance of the
-  corresponding channel feature map's feature information." The guider fits a
-  target built from the likelihood (the NLL the N(0, I) prior would charge each
-  channel if it were factored out now); the KL trains only the solver, pulling Q
-  toward P. The channels the prior explains worst go on (§4).
+- 'likelihood' (likelihood.py, the default, §3.5 and §4): the guider fits a
+  target built from each unit's distance to the prior over the images
+  (statistics.py, 'dataset_kl'); the KL trains only the solver, pulling Q toward
+  P. The units closest to the prior are factored out.
 - 'kl' (kl.py, Algorithm 1 read literally): the whole objective's gradient
   reaches every parameter. The likelihood never reaches S or G, so they only
   learn to agree with each other: the permutation is arbitrary.
-- 'random' (random.py): a fixed, seeded random permutation per transition, no
-  parameters. The control every claim about an ordering must beat.
 - 'oracle' (oracle.py): no networks; the scores are running means of the same
-  per-channel statistic the 'likelihood' guider fits. The reference a learned
-  ordering should approach.
+  statistic the 'likelihood' guider fits. The reference a learned order should
+  approach.
+- 'random' (random_order.py): a fixed, seeded random order per transition, no
+  parameters. The control every claim about an order must beat.
+- 'fixed' (fixed.py): an explicit order per transition from the config, no
+  parameters: a split chosen from a trained model, trained on from its checkpoint.
 `model.shuffle=False` is the vanilla flow (no Shuffle at all).
 
 The solver and the oracle's statistics are updated by plain SGD of their own
@@ -37,45 +43,40 @@ shuffler uses is a constant refreshed from them every `model.shuffle_refresh_eve
 steps (base.py), so the split changes at most that often. See the README.
 """
 from eiw_jax.shuffle.base import ShuffleBase
-from eiw_jax.shuffle.inspect import refresh_orders, split_changes, transition_scores
+from eiw_jax.shuffle.fixed import FixedShuffle
 from eiw_jax.shuffle.kl import KLShuffle
 from eiw_jax.shuffle.likelihood import LikelihoodShuffle
 from eiw_jax.shuffle.nets import Guider, Solver
-from eiw_jax.shuffle.ops import (STATISTICS, channel_divergence, channel_nll, channel_order,
-                                 factored_mask, kl_divergence, soft_cross_entropy)
+from eiw_jax.shuffle.ops import (HALVES, UNITS, channel_order, expand_units, factored_mask,
+                                 kl_divergence, soft_cross_entropy, unit_order)
 from eiw_jax.shuffle.oracle import OracleShuffle
-from eiw_jax.shuffle.random import RandomShuffle
+from eiw_jax.shuffle.random_order import RandomShuffle
+from eiw_jax.shuffle.settings import (MODE_NAMES, ShuffleSettings, check_settings,
+                                      permutations_from)
+from eiw_jax.shuffle.state import (refresh_orders, split_changes, transition_permutations,
+                                   transition_scores)
+from eiw_jax.shuffle.statistics import (STATISTICS, channel_divergence, channel_nll,
+                                        dataset_kl, negentropy, unit_statistic)
 
-MODES = {'likelihood': LikelihoodShuffle, 'kl': KLShuffle, 'random': RandomShuffle,
-         'oracle': OracleShuffle}
-# The reading whose solver and guider make up the paper's Shuffle: kept as the
-# name other code and older imports use.
-Shuffle = KLShuffle
-
-
-def make_shuffle(mode: str, num_channels: int, *, transition: int = 0, reduction: int = 16,
-                 solver_layers: int = 2, solver_input: str = 'normalized',
-                 kl_grad_to_guider: bool = True, seed: int = 0, refresh_every: int = 1,
-                 statistic: str = 'nll', name=None) -> ShuffleBase:
-  """The Shuffle of reading `mode` at transition `transition` (0-based)."""
-  if mode not in MODES:
-    raise ValueError(f"shuffle mode must be one of {', '.join(MODES)}, got {mode!r}")
-  if mode == 'random':
-    return RandomShuffle(num_channels, seed=seed, transition=transition, name=name)
-  if mode == 'oracle':
-    return OracleShuffle(num_channels, refresh_every=refresh_every, statistic=statistic,
-                         name=name)
-  kwargs = dict(reduction=reduction, solver_layers=solver_layers, solver_input=solver_input,
-                refresh_every=refresh_every)
-  if mode == 'kl':
-    kwargs['kl_grad_to_guider'] = kl_grad_to_guider
-  else:
-    kwargs['statistic'] = statistic
-  return MODES[mode](num_channels, name=name, **kwargs)
+MODES = {'likelihood': LikelihoodShuffle, 'kl': KLShuffle, 'oracle': OracleShuffle,
+         'random': RandomShuffle, 'fixed': FixedShuffle}
+assert tuple(MODES) == MODE_NAMES
+# The default reading: the paper's Shuffle as this library reads it.
+Shuffle = LikelihoodShuffle
 
 
-__all__ = ['Guider', 'KLShuffle', 'LikelihoodShuffle', 'MODES', 'OracleShuffle', 'RandomShuffle',
-           'STATISTICS', 'Shuffle', 'ShuffleBase', 'Solver', 'channel_divergence', 'channel_nll',
-           'channel_order', 'factored_mask',
-           'kl_divergence', 'make_shuffle', 'refresh_orders', 'soft_cross_entropy', 'split_changes',
-           'transition_scores']
+def make_shuffle(settings: ShuffleSettings, num_channels: int, *, transition: int = 0,
+                 name=None) -> ShuffleBase:
+  """The Shuffle of reading `settings.mode` at transition `transition` (0-based) of a
+  u_k with `num_channels` (4C) channels."""
+  if settings.mode not in MODES:
+    raise ValueError(f"shuffle mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
+  return MODES[settings.mode](num_channels, settings=settings, transition=transition, name=name)
+
+
+__all__ = ['FixedShuffle', 'Guider', 'HALVES', 'KLShuffle', 'LikelihoodShuffle', 'MODES',
+           'OracleShuffle', 'RandomShuffle', 'STATISTICS', 'Shuffle', 'ShuffleBase',
+           'ShuffleSettings', 'Solver', 'UNITS', 'channel_divergence', 'channel_nll',
+           'channel_order', 'check_settings', 'dataset_kl', 'expand_units', 'factored_mask', 'kl_divergence',
+           'make_shuffle', 'negentropy', 'permutations_from', 'refresh_orders', 'soft_cross_entropy', 'split_changes',
+           'transition_permutations', 'transition_scores', 'unit_order', 'unit_statistic']

@@ -1,17 +1,24 @@
-"""Pure functions of the Shuffle: the shuffler's order, the KL of Eq. 11, and the
-per-channel likelihood statistic the 'likelihood' and 'oracle' readings use."""
-from __future__ import annotations
+"""Pure functions of the Shuffle: the shuffler's order (paper §3.4) and the KL of Eq. 11.
 
-import math
+Units. u_k = Squeeze(h) holds feature map c of h at its four 2x2 sub-positions in
+channels 4c..4c+3 (bijectors/squeeze.py). The Shuffle orders *units*: single
+channels of u_k (`unit='channel'`, the paper's "channel feature maps" u_k^c of
+Eq. 9) or whole pre-squeeze feature maps (`unit='map'`, four channels that move
+together). `expand_units` turns an order of units into an order of channels.
+"""
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+UNITS = {'channel': 1, 'map': 4}  # channels of u_k per unit
+# 'keep_order': the scores choose which units go on; each half keeps the units'
+# order in u_k. 'sorted': both halves in descending score order (before issue 26).
+HALVES = ('keep_order', 'sorted')
 
 
 def channel_order(scores: jnp.ndarray) -> jnp.ndarray:
-  """The shuffler's permutation: stable argsort of the scores, descending ([4C] int32).
+  """Stable argsort of the scores, descending ([N] int32).
 
   softmax is monotonic, so sorting Q's logits sorts Q; ties keep their original
   order, so equal scores give the identity.
@@ -19,8 +26,34 @@ def channel_order(scores: jnp.ndarray) -> jnp.ndarray:
   return jnp.argsort(-scores, stable=True).astype(jnp.int32)
 
 
+def unit_order(scores: jnp.ndarray, halves: str = 'keep_order') -> jnp.ndarray:
+  """The shuffler's order of N units from their scores ([N] int32): the N/2 units
+  with the highest scores first (they go on), the rest after (factored out).
+
+  halves='keep_order': within each half the units keep their order in u_k, so a
+  change of the scores that keeps the set changes nothing. 'sorted': each half in
+  descending score order.
+  """
+  order = channel_order(scores)
+  if halves == 'sorted':
+    return order
+  if halves != 'keep_order':
+    raise ValueError(f'halves must be one of {HALVES}, got {halves!r}')
+  n = scores.shape[-1]
+  factored = jnp.zeros((n,), bool).at[order[n // 2:]].set(True)
+  return jnp.argsort(factored, stable=True).astype(jnp.int32)  # False (kept) first
+
+
+def expand_units(order: jnp.ndarray, unit_size: int) -> jnp.ndarray:
+  """An order of units -> the order of u_k's channels ([N * unit_size] int32)."""
+  if unit_size == 1:
+    return order
+  return (order[:, None] * unit_size + jnp.arange(unit_size, dtype=order.dtype)).reshape(-1)
+
+
 def factored_mask(perm: jnp.ndarray) -> jnp.ndarray:
-  """[4C] bool: True for the channels of u_k that `perm` factors out (the last half)."""
+  """[N] bool: True for the entries (channels or units) that `perm` factors out
+  (the last half)."""
   n = perm.shape[-1]
   return jnp.zeros((n,), bool).at[perm[n // 2:]].set(True)
 
@@ -33,35 +66,7 @@ def kl_divergence(p_logits: jnp.ndarray, q_logits: jnp.ndarray) -> jnp.ndarray:
 
 
 def soft_cross_entropy(target: jnp.ndarray, logits: jnp.ndarray) -> jnp.ndarray:
-  """mean_b -sum_c T_bc log softmax(logits)_bc: fits a distribution to target T."""
+  """mean_b -sum_c T_bc log softmax(logits)_bc: fits a distribution to target T
+  (T broadcasts against the logits: [1, N] is one target for every example)."""
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.mean(jnp.sum(target * log_p, axis=-1))
-
-
-def channel_nll(u: jnp.ndarray) -> jnp.ndarray:
-  """[B, H, W, 4C] -> [B, 4C]: the NLL per dimension (nats) that the fixed N(0, I)
-  split prior would charge each channel of u if it were factored out.
-
-  E[-log N(u; 0, 1)] = H(u) + KL(p_u || N(0, 1)): the channel's entropy plus how
-  far it is from the prior. Low: the prior already explains the channel.
-  """
-  u = u.astype(jnp.float32)
-  return 0.5 * jnp.mean(jnp.square(u), axis=(1, 2)) + _HALF_LOG_2PI
-
-
-def channel_divergence(u: jnp.ndarray) -> jnp.ndarray:
-  """[B, H, W, 4C] -> [B, 4C]: how far each channel of u is from the N(0, 1) prior,
-  as KL(N(m, v) || N(0, 1)) = (v + m^2 - 1 - log v) / 2 per dimension, with m and v
-  the channel's mean and variance over the image's positions (nats).
-
-  The part of channel_nll that the channel's own Gaussian entropy does not account
-  for: 0 for a channel the prior already explains, large for one far from it (either
-  much narrower, i.e. low entropy, or much wider).
-  """
-  u = u.astype(jnp.float32)
-  mean = jnp.mean(u, axis=(1, 2))
-  var = jnp.maximum(jnp.var(u, axis=(1, 2)), 1e-12)
-  return 0.5 * (var + jnp.square(mean) - 1.0 - jnp.log(var))
-
-
-STATISTICS = {'nll': channel_nll, 'divergence': channel_divergence}
