@@ -10,7 +10,7 @@ from flax import linen as nn
 from helpers import brute_force_logdet, commit_orders, perturb
 
 import eiw_jax
-from eiw_jax.shuffle import channel_order, transition_scores
+from eiw_jax.shuffle import transition_permutations
 
 
 def make_config(**model):
@@ -34,9 +34,9 @@ def flow_case(request):
 
 def test_shuffle_really_permutes(flow_case):
   model, v, _ = flow_case
-  (scores,) = transition_scores(model.flow, v['params']['flow'],
-                                flow_consts=v['consts']['flow'])
-  perm = np.asarray(channel_order(scores))
+  (perm,) = transition_permutations(model.flow, v['params']['flow'],
+                                     flow_consts=v['consts']['flow'])
+  perm = np.asarray(perm)
   assert not np.array_equal(perm, np.arange(perm.size))
 
 

@@ -15,7 +15,7 @@ import eiw_jax
 from eiw_jax import config_lib, train_lib
 from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.evaluation.summary import param_counts
-from eiw_jax.shuffle import channel_order, transition_scores
+from eiw_jax.shuffle import transition_permutations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,8 +110,9 @@ def _encode(model, v, y, noise):
 
 def test_tiny_denseflow_shuffle_really_permutes(tiny):
   _, model, v, _ = tiny
-  (scores,) = transition_scores(model.flow, v['params']['flow'], flow_consts=v['consts']['flow'])
-  perm = np.asarray(channel_order(scores))
+  (perm,) = transition_permutations(model.flow, v['params']['flow'],
+                                     flow_consts=v['consts']['flow'])
+  perm = np.asarray(perm)
   assert perm.size == 56 and not np.array_equal(perm, np.arange(56))
 
 

@@ -26,11 +26,10 @@ ROWS = ('before_x_high', 'before_x_low', 'before_z_high', 'before_z_low',
         'after_x_high', 'after_x_low', 'after_z_high', 'after_z_low')
 
 
-def _ranked(channels: np.ndarray, perm: np.ndarray, top: int):
+def _ranked(channels: np.ndarray, q: np.ndarray, top: int):
   """Channel indices (into u_k) of the `top` highest- and lowest-Q among `channels`
-  (ranked by their place in perm, Q's stable descending order, so ties rank alike)."""
-  place = np.argsort(perm)
-  by_q = channels[np.argsort(place[channels], kind='stable')]
+  (Q's stable descending order: ties keep their order in u_k)."""
+  by_q = channels[np.argsort(-q[channels], kind='stable')]
   return by_q[:top], by_q[::-1][:top]
 
 
@@ -53,7 +52,7 @@ def run(ctx) -> dict:
                   after_x=perm[:half], after_z=perm[half:])
     chosen = {}
     for name, chans in halves.items():
-      chosen[f'{name}_high'], chosen[f'{name}_low'] = _ranked(chans, perm, top)
+      chosen[f'{name}_high'], chosen[f'{name}_low'] = _ranked(chans, q, top)
     maps = [normalize_maps(np.moveaxis(u[..., chosen[r]], -1, 0))[..., None] for r in ROWS]
     fname = f'channels_k{k + 1}.png'
     save_rows(maps, os.path.join(ctx.out_dir, fname), 8)
