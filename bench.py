@@ -44,7 +44,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from eiw_jax import bench_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   names = (_ONLY.value,) if _ONLY.value else ('eiw', 'vanilla')
   log = lambda m: print(m, file=sys.stderr)

@@ -25,7 +25,8 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   import jax
-  from eiw_jax import data, evaluation, runs
+  from eiw_jax import data, evaluation
+  from eiw_jax.train import runs
   from eiw_jax.builder import build
   from eiw_jax.errors import UserError
   run = evaluation.get_mode(_MODE.value) if _MODE.value in evaluation.MODES else None

@@ -1,6 +1,6 @@
 """Train EIW-Flow: python train.py --config=configs/fashion_mnist.py:small --workdir=runs/fm
 
-Flags only; the loop is eiw_jax.train_lib.train_and_evaluate. Rerunning the same
+Flags only; the loop is eiw_jax.train.trainer.train_and_evaluate. Rerunning the same
 command resumes from the newest complete checkpoint in --workdir. Exit codes: 0 when
 done, and after SIGTERM once a checkpoint of the current step is saved (stderr says
 so); 2 for bad input, a workdir in use by another run, a storage failure (disk
@@ -19,7 +19,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  from eiw_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from eiw_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
   if (result.get('step') == _CONFIG.value.train.num_steps and 'test_bpd' in result

@@ -26,18 +26,18 @@ Rademacher probes, uniform dequantization, Adam at lr 1e-3, batch 200 (an epoch 
 50,000 // 200 = 250 steps, 50 epochs 12,500 steps). The paper took about seven days on a Titan V for these 50 epochs.
 `:ffjord_smoke` is a tiny one for tests.
 """
-from eiw_jax import config_lib
+from eiw_jax.train import recipes
 
 
 def get_config(arg=None):
-  is_ffjord, arg = config_lib.split_variant(arg, 'ffjord')
+  is_ffjord, arg = recipes.split_variant(arg, 'ffjord')
   if is_ffjord:
-    cfg = config_lib.ffjord_base(name='cifar10', image_size=32, channels=3, batch_size=200,
+    cfg = recipes.ffjord_base(name='cifar10', image_size=32, channels=3, batch_size=200,
                                  train_steps=50 * (50_000 // 200), num_scales=3)
     cfg.optim.update(name='adam', lr=1e-3, warmup_steps=250)  # a one-epoch warm-up
-    return config_lib.apply_variant(cfg, arg)
-  cfg = config_lib.denseflow_base(name='cifar10', image_size=32, batch_size=64,
+    return recipes.apply_variant(cfg, arg)
+  cfg = recipes.denseflow_base(name='cifar10', image_size=32, batch_size=64,
                                   train_steps=1)
-  config_lib.paper_training(cfg, train_size=50_000, epochs=400, finetune_epochs=20,
+  recipes.paper_training(cfg, train_size=50_000, epochs=400, finetune_epochs=20,
                             augment='flip_translate', iw_samples=1000)
-  return config_lib.apply_variant(cfg, arg, config_lib.denseflow_small)
+  return recipes.apply_variant(cfg, arg, recipes.denseflow_small)

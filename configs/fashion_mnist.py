@@ -14,19 +14,19 @@ rtol = atol = 1e-3 (looser than FFJORD's 1e-5, to keep the number of function
 evaluations small), batch 32, Adam at lr 1e-3, 1500 steps. `:ffjord_smoke` is a
 tiny one for tests.
 """
-from eiw_jax import config_lib
+from eiw_jax.train import config as config_lib, recipes
 
 
 def get_config(arg=None):
-  is_ffjord, arg = config_lib.split_variant(arg, 'ffjord')
+  is_ffjord, arg = recipes.split_variant(arg, 'ffjord')
   if is_ffjord:
-    cfg = config_lib.ffjord_base(name='fashion_mnist', image_size=28, channels=1,
+    cfg = recipes.ffjord_base(name='fashion_mnist', image_size=28, channels=1,
                                  batch_size=32, train_steps=1500, num_scales=2,
                                  blocks=1, hidden=32, layers=3, rtol=1e-3, atol=1e-3)
     cfg.model.initial_squeeze = True
     cfg.optim.update(name='adam', lr=1e-3, warmup_steps=100)
     cfg.train.update(log_every=50, eval_every=1000, checkpoint_every=500, eval_examples=2000)
-    return config_lib.apply_variant(cfg, arg)
+    return recipes.apply_variant(cfg, arg)
   cfg = config_lib.base_config(name='fashion_mnist', image_size=28, channels=1, batch_size=64,
                                train_steps=200_000, num_scales=2, num_steps=6)
-  return config_lib.apply_variant(cfg, arg, config_lib.glow_small)
+  return recipes.apply_variant(cfg, arg, recipes.glow_small)

@@ -13,12 +13,12 @@ with k = 200 dequantization draws (DenseFlow's evaluation on ImageNet).
 `:small` is a narrow DenseFlow (same structure) that trains on 2 CPU cores
 (2000 steps, the last 100 fine-tuned, k = 8); `:smoke` a tiny one for tests.
 """
-from eiw_jax import config_lib
+from eiw_jax.train import recipes
 
 
 def get_config(arg=None):
-  cfg = config_lib.denseflow_base(name='imagenet32', image_size=32, batch_size=64,
+  cfg = recipes.denseflow_base(name='imagenet32', image_size=32, batch_size=64,
                                   train_steps=1)
-  config_lib.paper_training(cfg, train_size=1_281_167, epochs=20, finetune_epochs=2,
+  recipes.paper_training(cfg, train_size=1_281_167, epochs=20, finetune_epochs=2,
                             augment='flip_translate', iw_samples=200)
-  return config_lib.apply_variant(cfg, arg, config_lib.denseflow_small)
+  return recipes.apply_variant(cfg, arg, recipes.denseflow_small)

@@ -23,21 +23,21 @@ and the importance-weighted one with k = 1,000 draws (as CIFAR-10).
 `:small` is a narrow DenseFlow of the same structure that trains on 2 CPU cores
 (2000 steps, the last 100 fine-tuned, k = 8); `:smoke` a tiny one for tests.
 """
-from eiw_jax import config_lib
+from eiw_jax.train import recipes
 
 
 def small(cfg) -> None:
-  config_lib.denseflow_small(cfg)
-  config_lib.tiny_denseflow(cfg, units=(2, 1), modules=(2, 4), hidden=24, depth=2,
+  recipes.denseflow_small(cfg)
+  recipes.tiny_denseflow(cfg, units=(2, 1), modules=(2, 4), hidden=24, depth=2,
                             dense_growth=16, growth=4, dequant_hidden=16)
 
 
 def get_config(arg=None):
-  cfg = config_lib.denseflow_base(name='mnist', image_size=28, batch_size=64, train_steps=1,
+  cfg = recipes.denseflow_base(name='mnist', image_size=28, batch_size=64, train_steps=1,
                                   channels=1, num_scales=2)
   d = cfg.model.denseflow
   d.units, d.modules = [6, 1], [5, 20]
   d.net.num_landmarks = 7
-  config_lib.paper_training(cfg, train_size=60_000, epochs=100, finetune_epochs=5,
+  recipes.paper_training(cfg, train_size=60_000, epochs=100, finetune_epochs=5,
                             augment='none', iw_samples=1000)
-  return config_lib.apply_variant(cfg, arg, small)
+  return recipes.apply_variant(cfg, arg, small)

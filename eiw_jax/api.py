@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from eiw_jax import checks
-from eiw_jax.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
+from eiw_jax.backbones.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
 from eiw_jax.shuffle import factored_mask, transition_permutations, transition_scores
@@ -63,14 +63,16 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   return value, metrics
 
 
-def loss_with_batch_stats(model: EIWFlow, variables, images, rng, kl_weight=None):
-  """`loss` in training mode for a model that normalises with batch statistics
-  (model.denseflow.norm='batch'): (loss, metrics, consts), where the layers use this
-  batch's statistics and `consts` holds their running averages moved toward them.
-  Put `consts` back into the variables after the update; `loss`, `log_prob` and
-  `sample` then use the running averages (an image's density per image)."""
+def train_loss(model: EIWFlow, variables, images, rng, kl_weight=None):
+  """`loss` in training mode: (loss, metrics, consts). The model's constants are
+  updated as training updates them: a model that normalises with batch statistics
+  (model.denseflow.norm='batch') uses this batch's and moves their running averages
+  toward them, and the Shuffle counts the update and refreshes the order it uses
+  every model.shuffle_refresh_every of them (eiw_jax/shuffle/base.py). Put `consts`
+  back into the variables with the update of the parameters; `loss`, `log_prob` and
+  `sample` then use them as they are."""
   (value, metrics), state = _objective(model, variables, images, rng, kl_weight, ['consts'])
-  return value, metrics, state['consts']
+  return value, metrics, state.get('consts', {})
 
 
 def _objective(model, variables, images, rng, kl_weight, mutable):

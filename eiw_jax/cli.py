@@ -1,11 +1,12 @@
-"""Shared command-line plumbing for train.py, eval.py and bench.py: parse the
-config flag, turn user errors into one line on stderr and exit code 2, and keep
-compiled programs across runs (JAX's persistent compilation cache).
+"""Shared command-line plumbing for train.py, eval.py and bench.py: one LAPACK thread
+(cpu_lapack), parse the config flag, turn user errors into one line on stderr and
+exit code 2, and keep compiled programs across runs (JAX's persistent compilation
+cache).
 
 --compilation_cache (every script): the directory of JAX's persistent compilation
 cache, on by default, so that a restart, a resume after preemption or an eval of
 the same model skips compiling what an earlier run compiled, and a restart reads
-the traced training step from its `steps/` folder (eiw_jax.stored_step). '' turns
+the traced training step from its `steps/` folder (eiw_jax.train.stored_step). '' turns
 both off. The default is $EIW_JAX_COMPILATION_CACHE if set, else ~/.cache/eiw_jax/xla.
 """
 from __future__ import annotations
@@ -17,6 +18,13 @@ import sys
 from typing import Callable
 
 from absl import flags
+
+from eiw_jax import cpu_lapack
+
+# The scripts' start-up sets one OpenBLAS thread for jaxlib's CPU LAPACK (see
+# cpu_lapack): a process-wide choice, so it is made here and not by `import eiw_jax`.
+# A program of its own that calls the library sets OPENBLAS_NUM_THREADS=1 itself.
+cpu_lapack.load_single_threaded()
 
 _CACHE = flags.DEFINE_string(
     'compilation_cache', os.environ.get('EIW_JAX_COMPILATION_CACHE', '~/.cache/eiw_jax/xla'),
@@ -94,7 +102,7 @@ def _config_override_error(name, flagvalue, flag_values, unknown_only=False):
   except Exception:  # pylint: disable=broad-except
     config = None
   if config is None and unknown_only:  # the override failed before the file was read
-    from eiw_jax import config_lib  # pylint: disable=g-import-not-at-top
+    from eiw_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
     config = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
                                     train_steps=1)
   path = name[len('config.'):]
@@ -103,7 +111,7 @@ def _config_override_error(name, flagvalue, flag_values, unknown_only=False):
   value = config
   for key in path.split('.'):
     if not hasattr(value, 'keys') or key not in value.keys():
-      from eiw_jax import config_lib  # pylint: disable=g-import-not-at-top
+      from eiw_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
       keys = sorted(config_lib.leaf_keys(config))
       near = difflib.get_close_matches(path, keys, n=1)
       if not near:  # a group left out (--config.lr): match the last part alone

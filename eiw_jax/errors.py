@@ -8,3 +8,8 @@ traceback.
 
 class UserError(Exception):
   """Bad input from the user (data, config, workdir): one line, problem and fix."""
+
+
+def positive_int(value) -> bool:
+  """True for an int >= 1 (not a bool): the test every count and width in a config passes."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1

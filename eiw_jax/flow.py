@@ -16,63 +16,15 @@ enters the total, and both start as the identity.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from eiw_jax.bijectors import (ActNorm, Bijector, Chain, Coupling, InvConv1x1,
-                               Permute, squeeze, sum_event, unsqueeze, zero_logdet)
-from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.nets import Conv, ConvNet
+from eiw_jax.bijectors import Bijector, squeeze, sum_event, unsqueeze, zero_logdet
+from eiw_jax.nets import Conv
 from eiw_jax.shuffle import ShuffleSettings, make_shuffle
-
-
-class GlowStep(Bijector):
-  """One flow step f_k^n: ActNorm -> invertible 1x1 conv -> affine coupling."""
-  hidden: int = 512
-  lu: bool = True
-  affine: bool = True
-  log_scale_bound: float = 2.0
-  permutation: Optional[str] = None  # extra fixed permutation ('reverse', ...) after the coupling
-  dtype: Optional[Any] = None  # the conditioner's compute dtype (None: float32)
-
-  @nn.compact
-  def __call__(self, x, inverse=False, **kwargs):
-    layers = [ActNorm(), InvConv1x1(lu=self.lu),
-              Coupling(functools.partial(ConvNet, hidden=self.hidden, dtype=self.dtype),
-                       affine=self.affine, log_scale_bound=self.log_scale_bound)]
-    if self.permutation:
-      layers.append(Permute(self.permutation))
-    return Chain(tuple(layers), name='chain')(x, inverse=inverse, **kwargs)
-
-
-class GlowScale(Bijector):
-  """The N flow steps of one scale (f_k = f_k^N o ... o f_k^1, Eq. 5).
-
-  With `scan=True` the steps' parameters are stacked and run by `lax.scan` (one
-  compile for any N); `invertible_grad=True` then recomputes activations in the
-  backward pass instead of storing them (see bijectors/scan.py).
-  """
-  num_steps: int
-  step: Callable[..., Bijector] = GlowStep
-  scan: bool = True
-  invertible_grad: bool = False
-  remat: str = 'convs'  # bijectors.scan.REMAT_POLICIES
-
-  @nn.compact
-  def __call__(self, x, inverse=False, **kwargs):
-    if self.scan:
-      return Repeat(self.step, self.num_steps, self.invertible_grad, self.remat, name='steps')(
-          x, inverse=inverse, **kwargs)
-    steps = tuple(self.step(name=f'step_{i}') for i in range(self.num_steps))
-    total = zero_logdet(x)
-    for s in (reversed(steps) if inverse else steps):
-      x, logdet = s(x, inverse=inverse, **kwargs)
-      total = total + logdet
-    return x, total
 
 
 class Standardize(Bijector):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eiw_jax import ffjord
+from eiw_jax.backbones import ffjord
 
 
 def main(batch: int) -> None:

@@ -112,7 +112,8 @@ def run_name(arm: str, seed: int, kl_weight: float) -> str:
 def evaluate(config, workdir: str) -> dict:
   """Full-test-set bits/dim (+ IW bound), entropy, and the run's split changes."""
   import jax
-  from eiw_jax import data, evaluation, runs
+  from eiw_jax import data, evaluation
+  from eiw_jax.train import runs
   model, variables, step = runs.load_for_eval(config, workdir)
   if step != config.train.num_steps:  # training stopped early (SIGTERM saves and returns)
     sys.exit(f'{workdir} stopped at step {step}; rerun to resume')
@@ -140,7 +141,8 @@ def halves(workdir: str, num: int = 1000) -> dict:
   after the Shuffle, on the first `num` test images."""
   import jax
   import numpy as np
-  from eiw_jax import data, runs, shuffle
+  from eiw_jax import data, shuffle
+  from eiw_jax.train import runs
   from eiw_jax.evaluation.transitions import channel_orders, transition_tensors
   config = runs.saved_config(workdir)
   model, variables, _ = runs.load_for_eval(config, workdir)
@@ -188,7 +190,7 @@ def one_run(arm: str, seed: int, kl_weight: float) -> bool:
 
 
 def _train_and_evaluate(arm, seed, kl_weight, name, workdir, result_path):
-  from eiw_jax import train_lib
+  from eiw_jax import train as train_lib
   config = ablation_config(_DATASET.value, arm, seed, _STEPS.value, kl_weight)
   t0 = time.time()
   train_lib.train_and_evaluate(config, workdir)

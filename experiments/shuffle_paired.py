@@ -123,14 +123,15 @@ def config(name: str, steps: int, orders=None):
 
 
 def train(cfg, workdir: str) -> None:
-  from eiw_jax import train_lib
+  from eiw_jax import train as train_lib
   train_lib.train_and_evaluate(cfg, workdir)
 
 
 def evaluate(cfg, workdir: str, modes=('bpd',)) -> dict:
   """Full-test-set evaluation of the newest checkpoint, with key 0 in every run."""
   import jax
-  from eiw_jax import data, evaluation, runs
+  from eiw_jax import data, evaluation
+  from eiw_jax.train import runs
   model, variables, step = runs.load_for_eval(cfg, workdir)
   splits = {}
   ctx = evaluation.EvalContext(
@@ -145,7 +146,8 @@ def score(cfg, workdir: str) -> dict:
   """dataset_kl of u_1's units on the first --score_images training images."""
   import jax
   import numpy as np
-  from eiw_jax import data, runs, shuffle
+  from eiw_jax import data, shuffle
+  from eiw_jax.train import runs
   from eiw_jax.evaluation.transitions import transition_tensors
   model, variables, _ = runs.load_for_eval(cfg, workdir)
   images = data.load_split(cfg.data, 'train').images[:_SCORE_IMAGES.value]

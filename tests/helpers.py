@@ -40,7 +40,7 @@ def commit_orders(model, variables):
   solver really permutes."""
   from eiw_jax import shuffle  # pylint: disable=g-import-not-at-top
   consts = variables.get('consts', {})
-  flow = shuffle.refresh_orders(model.flow, variables['params']['flow'], consts.get('flow', {}), 0)
+  flow = shuffle.commit_live_orders(model.flow, variables['params']['flow'], consts.get('flow', {}))
   return {**variables, 'consts': {**consts, 'flow': flow}}
 
 

@@ -117,8 +117,9 @@ def test_incomplete_or_plain_configs_are_named():
 # 3. load_run reads what train.py wrote, read-only.
 
 def test_load_run_returns_the_trained_variables_and_writes_nothing(tmp_path):
-  from eiw_jax import config_lib, train_lib  # how train.py writes a run
-  config = config_lib.smoke(config_lib.base_config(
+  from eiw_jax.train import config as config_lib, recipes  # how train.py writes a run
+  from eiw_jax import train as train_lib  # how train.py writes a run
+  config = recipes.smoke(config_lib.base_config(
       name='synthetic', image_size=8, channels=1, batch_size=4, train_steps=2, num_scales=2,
       num_steps=1))
   config.data.update(source='synthetic', num_synthetic=16)
@@ -216,11 +217,11 @@ def test_an_images_log_prob_does_not_depend_on_its_batch(tiny):
       np.asarray(log_prob(variables, jnp.concatenate([images, images]), key))[:4], full)
 
 
-def test_loss_with_batch_stats_is_the_loss_and_hands_back_the_consts(tiny):
-  model, variables, images, _ = tiny  # no BatchNorm here: the consts come back as they were
+def test_train_loss_is_the_loss_and_hands_back_the_consts(tiny):
+  model, variables, images, _ = tiny  # no BatchNorm, no refreshed order: consts as they were
   key = jax.random.key(4)
   value, metrics = eiw_jax.loss(model, variables, images, key)
-  value_b, metrics_b, consts = eiw_jax.loss_with_batch_stats(model, variables, images, key)
+  value_b, metrics_b, consts = eiw_jax.train_loss(model, variables, images, key)
   np.testing.assert_array_equal(value, value_b)
   assert metrics.keys() == metrics_b.keys()
   chex.assert_trees_all_equal(consts, variables['consts'])

@@ -45,7 +45,7 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
   the parent's, which is how every fresh-process number of one run came out equal)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
-  code = 'from eiw_jax import bench_lib; print(bench_lib.peak_rss_bytes())'
+  code = 'from benchmarks import bench_lib; print(bench_lib.peak_rss_bytes())'
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, check=True)
   assert int(out.stdout.split()[-1]) < 350 * 2**20 and ballast.sum() > 0

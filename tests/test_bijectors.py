@@ -11,7 +11,8 @@ from helpers import brute_force_logdet, perturb
 
 from eiw_jax.bijectors import (ActNorm, Coupling, InvConv1x1, Permute, Squeeze,
                                fixed_permutation, squeeze, unsqueeze)
-from eiw_jax.flow import GlowStep, Standardize
+from eiw_jax.backbones.glow import GlowStep
+from eiw_jax.flow import Standardize
 from eiw_jax.nets import ConvNet
 
 NET = functools.partial(ConvNet, hidden=8)

@@ -10,9 +10,11 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import checksums, cli, runs, train_lib, train_monitor
-from eiw_jax import workdir as workdir_lib
-from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.train import checksums, runs, monitor as train_monitor
+from eiw_jax import train as train_lib
+from eiw_jax import cli
+from eiw_jax.train import workdir as workdir_lib
+from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
 from test_robustness import ROOT, smoke_config
@@ -33,7 +35,7 @@ BAD_VALUES = {
     'kl_units': ({'model.kl_units': 'bits'}, "model.kl_units must be 'nats' or 'bpd'"),
     'solver_input': ({'model.solver_input': 'ones'}, 'model.solver_input must be'),
     'shuffle_statistic': ({'model.shuffle_statistic': 'mean'}, 'model.shuffle_statistic must be'),
-    'remat': ({'model.remat': 'all'}, "model.remat must be one of 'convs'"),
+    'remat': ({'model.remat': 'all'}, "model.remat must be 'convs', 'spatial_convs' or 'off'"),
     'shuffle_refresh_every': ({'model.shuffle_refresh_every': 0},
                               'model.shuffle_refresh_every must be an integer >= 1'),
     'kl_weight_nan': ({'model.kl_weight': float('nan')}, 'model.kl_weight (lambda) must be >= 0'),

@@ -1,4 +1,4 @@
-"""Tests for eiw_jax.checkpoint: round trip, shardings, crashes, corruption, config."""
+"""Tests for eiw_jax.train.checkpoint: round trip, shardings, crashes, corruption, config."""
 import json
 import os
 import pathlib
@@ -15,9 +15,9 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from eiw_jax import checkpoint
+from eiw_jax.train import checkpoint
 from eiw_jax.builder import model_config
-from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_restore_onto_multi_device_mesh(tmp_path):
   script = """
   import sys, jax, jax.numpy as jnp, numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from eiw_jax import checkpoint
+  from eiw_jax.train import checkpoint
   assert jax.device_count() == 4
   mesh = jax.make_mesh((4,), ('x',))
   rep, row = NamedSharding(mesh, P()), NamedSharding(mesh, P('x'))
@@ -165,7 +165,7 @@ def test_killed_mid_save_keeps_previous(tmp_path):
   script = """
   import os, signal, sys, jax.numpy as jnp
   from orbax.checkpoint._src.path import async_path
-  from eiw_jax import checkpoint
+  from eiw_jax.train import checkpoint
   ckpt = checkpoint.Checkpointer(sys.argv[1], max_to_keep=1)
   ckpt.save(1, {'x': jnp.arange(8.0)})
   ckpt.wait()

@@ -1,5 +1,6 @@
-"""eiw_jax.cpu_lapack: jaxlib's CPU LAPACK runs with one OpenBLAS thread, numpy's
-BLAS keeps its own, and the environment is left as it was."""
+"""eiw_jax.cpu_lapack: in the scripts (eiw_jax.cli) jaxlib's CPU LAPACK runs with one
+OpenBLAS thread, numpy's BLAS keeps its own, and the environment is left as it was;
+`import eiw_jax` alone changes nothing of the process."""
 import json
 import os
 import subprocess
@@ -37,16 +38,25 @@ def _probe(imports: str, env_extra=None) -> dict:
 def probes():
   if not sys.platform.startswith('linux'):
     pytest.skip('reads /proc/self/maps')
-  return {'plain': _probe('import numpy'), 'eiw_jax': _probe('import eiw_jax'),
-          'user_set': _probe('import eiw_jax', {'OPENBLAS_NUM_THREADS': '2'})}
+  return {'plain': _probe('import numpy'), 'eiw_jax': _probe('from eiw_jax import cli'),
+          'library': _probe('import eiw_jax'),
+          'user_set': _probe('from eiw_jax import cli', {'OPENBLAS_NUM_THREADS': '2'})}
 
 
-def test_importing_eiw_jax_gives_jaxlibs_lapack_one_thread(probes):
+def test_the_scripts_give_jaxlibs_lapack_one_thread(probes):
   threads = probes['eiw_jax']['threads']
   if 'scipy' not in threads:
     pytest.skip("scipy's LAPACK here is not the scipy-openblas wheel's")
   assert threads['scipy'] == 1
   assert probes['eiw_jax']['env'] is None  # the variable was put back
+
+
+def test_the_library_import_leaves_lapack_threads_alone(probes):
+  threads = probes['library']['threads']
+  if 'scipy' not in threads:
+    pytest.skip("scipy's LAPACK here is not the scipy-openblas wheel's")
+  # as many threads as scipy starts on its own (one per core)
+  assert threads['scipy'] == _probe('import numpy, scipy.linalg')['threads']['scipy']
 
 
 def test_numpys_blas_and_the_users_setting_are_left_alone(probes):

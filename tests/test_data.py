@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eiw_jax import augment, data
+from eiw_jax import data
+from eiw_jax.data import augment, pipeline, sources
 from eiw_jax.errors import UserError
 
 
@@ -75,16 +76,16 @@ def test_idx_corrupt_files_raise_user_error(tmp_path):
   raw = path.read_bytes()
   path.write_bytes(raw[:-5])
   with pytest.raises(UserError, match='x-idx3-ubyte.*truncated'):
-    data.read_idx(path)
+    sources.read_idx(path)
   path.write_bytes(b'\x12\x34' + raw[2:])
   with pytest.raises(UserError, match='x-idx3-ubyte.*bad magic'):
-    data.read_idx(path)
+    sources.read_idx(path)
   path.write_bytes(gzip.compress(raw)[:-12])
   with pytest.raises(UserError, match='x-idx3-ubyte.*cannot read'):
-    data.read_idx(path)
+    sources.read_idx(path)
   path.write_bytes(b'\x1f\x8b' + b'not gzip at all')
   with pytest.raises(UserError, match='x-idx3-ubyte'):
-    data.read_idx(path)
+    sources.read_idx(path)
 
 
 def test_truncated_idx_in_dataset_dir(tmp_path):
@@ -278,7 +279,7 @@ def test_shape_mismatch_names_the_config_key(tmp_path):
 
 
 def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'DEBIAN_FASHION_MNIST_DIR', str(tmp_path / 'deb'))
+  monkeypatch.setattr(pipeline, 'DEBIAN_FASHION_MNIST_DIR', str(tmp_path / 'deb'))
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   for name in ('fashion_mnist', 'mnist', 'cifar10', 'celeba', 'imagenet64'):
@@ -390,7 +391,7 @@ def test_prefetch_propagates_errors(monkeypatch):
   def failing(*args):
     yield np.arange(2)
     raise RuntimeError('boom')
-  monkeypatch.setattr(data, '_global_indices', failing)
+  monkeypatch.setattr(pipeline, '_global_indices', failing)
   it = data.batches(index_split(4), 2, seed=0)
   assert ids(next(it)) == [0, 1]
   with pytest.raises(RuntimeError, match='boom'):
@@ -401,7 +402,7 @@ def test_prefetch_propagates_errors(monkeypatch):
 
 
 def test_augment_flip_translate_matches_pad_translate_crop():
-  """eiw_jax.augment against an independent pad / shift / crop (DenseFlow's recipe)."""
+  """eiw_jax.data.augment against an independent pad / shift / crop (DenseFlow's recipe)."""
   rng = np.random.default_rng(3)
   x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
   flip, shift = augment.draws('flip_translate', 32, 64, seed=1, step=7)

@@ -1,4 +1,4 @@
-"""Tests for the DenseFlow backbone (eiw_jax.densenet, eiw_jax.denseflow).
+"""Tests for the DenseFlow backbone (eiw_jax.backbones.densenet, eiw_jax.backbones.denseflow).
 
 Every bijector gets the distrax battery with random non-identity parameters:
 round trip, forward logdet = -inverse logdet, logdet against
@@ -6,6 +6,7 @@ slogdet(jax.jacfwd) on <= 64 dims (forward mode, which every layer supports). Pa
 DenseFlow-74-10 pieces are derived with `jax.eval_shape` (nothing allocated)
 and compared with counts written out by hand from DenseFlow's code.
 """
+import dataclasses
 import math
 
 import jax
@@ -13,12 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eiw_jax.densenet import DenseCouplingNet, newton_pinv
+from eiw_jax.backbones.densenet import DenseCouplingNet, NetSettings, newton_pinv
 from eiw_jax.nets import conv_same
-from eiw_jax.denseflow import (CrossUnitCoupling, DenseFlowDequantizer,
-                               DenseFlowModule, DenseFlowScale, denseflow_74_10)
+from eiw_jax.backbones.denseflow import (CrossUnitCoupling, DenseFlowModule, DenseFlowScale,
+                                         denseflow_74_10)
+from eiw_jax.backbones.denseflow_dequant import DenseFlowDequantizer
 
-TINY_NET = dict(hidden=8, dense_growth=4, depth=2, embed=4, num_landmarks=4, newton_iters=6)
+TINY_NET = NetSettings(hidden=8, dense_growth=4, depth=2, embed=4, num_landmarks=4,
+                       newton_iters=6)
+PAPER_NET = NetSettings(**denseflow_74_10()['net'])
 TINY_DEQUANT = dict(num_steps=2, hidden=8, depth=1, growth=4, context_channels=4,
                     context_depth=1, context_growth=4)
 
@@ -100,7 +104,7 @@ def test_coupling_net_param_count_matches_denseflow():
               + 48 * 72 + 72 + 24 * 48 + 48        # attention qkv + out
               + 2 * 96                             # normalisation scale, bias
               + 96 * 48)                           # mix conv, no bias
-  net = DenseCouplingNet(**denseflow_74_10()['net'])
+  net = DenseCouplingNet(net=PAPER_NET)
   assert param_count(net, jnp.zeros((1, 16, 16, 6))) == expected == 1_569_128
 
 
@@ -108,7 +112,7 @@ def test_coupling_net_param_count_matches_denseflow():
 
 @pytest.fixture(scope='module')
 def module_setup():
-  init, fwd, inv = jitted(DenseFlowModule(**TINY_NET))
+  init, fwd, inv = jitted(DenseFlowModule(net=TINY_NET))
   x = data(2, (2, 4, 4, 4))
   v = perturb(init(rngs(2), x), 3)
   return fwd, inv, v, x
@@ -138,7 +142,7 @@ def test_module_param_count_matches_denseflow():
                             for i in range(7))
          + (48 + 7 * 64) * 3 * 48 + 3 * 48 + 48 * 72 + 72 + 24 * 48 + 48 + 2 * 96 + 96 * 48)
   expected = 2 * c + c * c + net + 48 * 2 * cb + 2 * cb   # actnorm, 1x1, net, out conv
-  layer = DenseFlowModule(**denseflow_74_10()['net'])
+  layer = DenseFlowModule(net=PAPER_NET)
   assert param_count(layer, jnp.zeros((1, 16, 16, c))) == expected
 
 
@@ -182,7 +186,7 @@ def test_cross_unit_logdet_matches_jacobian(cross_setup):
 
 @pytest.fixture(scope='module')
 def scale_setup():
-  init, fwd, inv = jitted(DenseFlowScale(num_units=2, num_modules=2, growth=2, **TINY_NET))
+  init, fwd, inv = jitted(DenseFlowScale(num_units=2, num_modules=2, growth=2, net=TINY_NET))
   x = data(7, (2, 4, 4, 2))
   init_vars = init(rngs(7), x)
   return fwd, inv, init_vars, perturb(init_vars, 8), x
@@ -220,7 +224,7 @@ def test_scale_scan_init_is_data_dependent_per_module(scale_setup):
   np.testing.assert_allclose(loc[0], -jnp.mean(x, axis=(0, 1, 2)), atol=1e-5)
   # Module 1 was initialised from module 0's output, not from x.
   first = {'params': jax.tree.map(lambda a: a[0], unit0)}
-  h, _ = jax.jit(DenseFlowModule(**TINY_NET).apply)(first, x)
+  h, _ = jax.jit(DenseFlowModule(net=TINY_NET).apply)(first, x)
   np.testing.assert_allclose(loc[1], -jnp.mean(h, axis=(0, 1, 2)), atol=1e-5)
   assert float(jnp.max(jnp.abs(loc[1] - loc[0]))) > 1e-2
   # The augmented unit sees the appended channels: its ActNorm has C + growth.
@@ -267,7 +271,7 @@ def test_denseflow_74_10_param_counts_match_denseflow():
   for k, (c, hw) in enumerate([(12, 16), (124, 8), (308, 4)]):
     layer = DenseFlowScale(num_units=cfg['units'][k], num_modules=cfg['modules'][k],
                            growth=cfg['growth'], cross_hidden_mult=cfg['cross_hidden_mult'],
-                           **cfg['net'])
+                           net=PAPER_NET)
     got.append(param_count(layer, jnp.zeros((1, hw, hw, c))))
   got.append(param_count(DenseFlowDequantizer(**cfg['dequant']),
                          jnp.zeros((1, 32, 32, 3), jnp.int32), 8))
@@ -330,7 +334,7 @@ def test_dequantizer_bfloat16_keeps_u_and_log_q_float32(dequant_setup):
 # ----- DenseFlow's BatchNorm (model.denseflow.norm='batch') ------------------------
 
 def test_batch_norm_matches_numpy_in_training_and_evaluation():
-  from eiw_jax.densenet import BatchNorm  # pylint: disable=g-import-not-at-top
+  from eiw_jax.backbones.densenet import BatchNorm  # pylint: disable=g-import-not-at-top
   bn = BatchNorm()
   h = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 3, 5)).astype(np.float32)
   v = bn.init(key(0), h)
@@ -355,12 +359,13 @@ def test_batch_norm_matches_numpy_in_training_and_evaluation():
 
 def test_coupling_net_batch_norm_keeps_the_param_count():
   x = jnp.zeros((1, 4, 4, 3))
-  assert param_count(DenseCouplingNet(norm='batch', **TINY_NET), x) == param_count(
-      DenseCouplingNet(**TINY_NET), x)
+  batch = dataclasses.replace(TINY_NET, norm='batch')
+  assert param_count(DenseCouplingNet(net=batch), x) == param_count(DenseCouplingNet(net=TINY_NET), x)
 
 
 def test_scale_with_batch_norm_trains_on_batch_statistics_and_evaluates_per_example():
-  layer = DenseFlowScale(num_units=2, num_modules=2, growth=2, norm='batch', **TINY_NET)
+  layer = DenseFlowScale(num_units=2, num_modules=2, growth=2,
+                         net=dataclasses.replace(TINY_NET, norm='batch'))
   x, eta = data(7, (3, 4, 4, 2)), normal(12, (3, 4, 4, 2))
   v = perturb(jax.jit(layer.init)(rngs(7), x), 8)
   train = jax.jit(lambda v, x, e: layer.apply(v, x, noise=[e], mutable=['consts']))

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from eiw_jax import api, data, train_lib
-from eiw_jax.sharding import DATA_AXIS
+from eiw_jax import api, data
+from eiw_jax import train as train_lib
+from eiw_jax.train.sharding import DATA_AXIS
 
 from test_robustness import ARGS, ROOT, smoke_config
 
@@ -31,7 +32,7 @@ COUNTS = (2, 4, 8)
 def run_steps(num_steps=NUM_STEPS, devices=None):
   """(trainer, state, flat results) of init + `num_steps` steps over `devices` (all local)."""
   config = smoke_config()
-  trainer = train_lib.Trainer(config, workdir='', devices=devices)
+  trainer = train_lib.Trainer(config, devices=devices)
   devices = devices or jax.devices()
   it = trainer.batches(data.load_split(config.data, 'train'), 0)
   batches = [trainer.global_batch(next(it)) for _ in range(num_steps)]

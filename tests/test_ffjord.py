@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from eiw_jax import api, builder, ffjord
+from eiw_jax import api, builder
+from eiw_jax.backbones import ffjord
 from eiw_jax.errors import UserError
 from helpers import brute_force_logdet, perturb
 
@@ -166,7 +167,7 @@ def test_kinetic_penalty_against_euler_integration(block):
 
 
 def tiny_config(**ffjord_overrides):
-  model = builder.ffjord_config(num_scales=2, shuffle_reduction=2)
+  model = builder.model_config(backbone='ffjord', num_scales=2, shuffle_reduction=2)
   model.ffjord.update(dict(blocks=1, hidden=8, layers=2, rtol=1e-3, atol=1e-3,
                            **ffjord_overrides))
   return ml_collections.ConfigDict(dict(model=model, data=dict(image_size=8, channels=1,

@@ -1,4 +1,4 @@
-"""eiw_jax.host_memory: freed heap goes back to the system; `make demo`'s huge pages."""
+"""eiw_jax.train.host_memory: freed heap goes back to the system; `make demo`'s huge pages."""
 import os
 import platform
 import shutil
@@ -13,7 +13,7 @@ _ROOT = os.path.join(os.path.dirname(__file__), '..')
 # heap's top, so that free() alone cannot shrink it), then asks for the pages back.
 _SCRIPT = r'''
 import ctypes
-from eiw_jax import host_memory
+from eiw_jax.train import host_memory
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]

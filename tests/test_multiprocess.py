@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from eiw_jax import train_lib
+from eiw_jax import train as train_lib
 from test_robustness import (ROOT, _assert_bitwise, _committed, _metrics, _params,
                              smoke_config)
 

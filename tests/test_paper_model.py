@@ -12,7 +12,8 @@ import pytest
 from helpers import commit_orders, perturb
 
 import eiw_jax
-from eiw_jax import config_lib, train_lib
+from eiw_jax.train import config as config_lib, recipes
+from eiw_jax import train as train_lib
 from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.evaluation.summary import param_counts
 from eiw_jax.shuffle import transition_permutations
@@ -93,8 +94,8 @@ def test_mnist_config_has_the_papers_mnist_settings():
 
 @pytest.fixture(scope='module')
 def tiny():
-  cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
-  config_lib.tiny_denseflow(cfg, units=(2, 1), modules=(1, 1))
+  cfg = recipes.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
+  recipes.tiny_denseflow(cfg, units=(2, 1), modules=(1, 1))
   cfg.model.update(num_scales=2, shuffle_reduction=4, dequantizer='uniform')
   model = eiw_jax.build(cfg)
   x = jax.random.randint(jax.random.key(0), (2, 8, 8, 3), 0, 256)
@@ -153,7 +154,7 @@ def test_tiny_denseflow_training_step_runs(tiny):
   cfg, _, _, _ = tiny
   cfg = cfg.copy_and_resolve_references()
   cfg.data.update(source='synthetic', num_synthetic=8)
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   batch = trainer.global_batch(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
   state = trainer._init(jax.random.key(0), batch)  # pylint: disable=protected-access
   state, metrics = trainer._step(state, batch)  # pylint: disable=protected-access
@@ -191,11 +192,11 @@ def test_tiny_denseflow_bfloat16_loss_close_and_exact_round_trip(tiny):
 def test_tiny_denseflow_batch_norm_trains_checkpoints_and_evaluates_per_example(tiny, tmp_path):
   """model.denseflow.norm='batch': the training step updates the running averages
   (in consts), checkpoints carry them, and evaluation uses them (per example)."""
-  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from eiw_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   cfg = tiny[0].copy_and_resolve_references()
   cfg.model.denseflow.norm = 'batch'
   cfg.data.update(source='synthetic', num_synthetic=8, batch_size=4)
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3))
   batch = trainer.global_batch(x)
   state = trainer._init(jax.random.key(0), batch)  # pylint: disable=protected-access
@@ -225,7 +226,7 @@ def test_tiny_denseflow_batch_norm_trains_checkpoints_and_evaluates_per_example(
 
 def test_configs_saved_before_the_norm_key_resume_as_group_norm(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
-  from eiw_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from eiw_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from eiw_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   cfg = load_config('cifar10', 'smoke')
   old = json.loads(json.dumps(cfg.to_dict()))
@@ -244,9 +245,9 @@ def test_configs_saved_before_the_norm_key_resume_as_group_norm(tmp_path):
 def test_invertible_backprop_lowers_denseflows_step_memory():
   """bench_lib's memory curve: XLA's account of the compiled step grows with the
   batch, and invertible backprop (units of 4 modules) needs less than autodiff."""
-  from eiw_jax import bench_lib  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
-  config_lib.tiny_denseflow(cfg, units=(1,), modules=(4,))
+  from benchmarks import bench_lib  # pylint: disable=g-import-not-at-top
+  cfg = recipes.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
+  recipes.tiny_denseflow(cfg, units=(1,), modules=(4,))
   cfg.model.update(num_scales=1, dequantizer='uniform', shuffle=False)
   mem = bench_lib.invertible_memory_by_batch(cfg, batches=(2, 8))
   assert set(mem) == {'autodiff_B2', 'autodiff_B8', 'invertible_B2', 'invertible_B8'}

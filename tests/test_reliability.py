@@ -17,9 +17,12 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import checksums, cli, runs, train_lib, train_monitor
-from eiw_jax import workdir as workdir_lib
-from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.train import checksums, runs, monitor as train_monitor
+from eiw_jax import train as train_lib
+from eiw_jax.train import loop
+from eiw_jax import cli
+from eiw_jax.train import workdir as workdir_lib
+from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
 from test_robustness import ROOT, _assert_bitwise, _committed, _corrupt, _snapshot, smoke_config
@@ -68,7 +71,7 @@ def copy(run, tmp_path):
 
 
 def _restore(workdir, cfg, step=None, **kwargs):
-  trainer = train_lib.Trainer(cfg, workdir)
+  trainer = train_lib.Trainer(cfg)
   with Checkpointer(workdir, max_to_keep=None, **kwargs) as ckpt:
     return ckpt.restore(trainer.abstract_state(), step=step,
                         adapters=trainer.restore_adapters())
@@ -119,7 +122,7 @@ def test_resume_with_clipping_ema_and_another_lr(copy, capsys, no_eval):
 
 def test_the_nonfinite_advice_is_resumable_and_bound_zero_refused():
   with pytest.raises(UserError, match=r'model.log_scale_bound must be > 0.*=2.0'):
-    train_lib.Trainer(config(**{'model.log_scale_bound': 0.0}), '')
+    train_lib.Trainer(config(**{'model.log_scale_bound': 0.0}))
 
 
 # ------------------------- 3. config.json only after the checkpoints accepted
@@ -337,7 +340,7 @@ def test_unknown_override_keys_are_named(override, words, monkeypatch, capsys):
 
 def test_nonfinite_advice_fits_the_cause():
   with pytest.raises(UserError, match='lower --config.optim.lr or set --config.optim.grad_clip'):
-    train_lib._check_streak(7, 3, 3)  # finite until step 4: the step size is suspect
+    loop._check_streak(7, 3, 3)  # finite until step 4: the step size is suspect
   with pytest.raises(UserError, match='every step was non-finite .* whatever the learning rate'):
-    train_lib._check_streak(3, 3, 3)  # never finite: lr and clipping would not help
-  train_lib._check_streak(3, 2, 3)
+    loop._check_streak(3, 3, 3)  # never finite: lr and clipping would not help
+  loop._check_streak(3, 2, 3)

@@ -19,10 +19,13 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eiw_jax import api, cli, data, runs, train_lib
+from eiw_jax import api, cli, data
+from eiw_jax.data import sources
+from eiw_jax.train import runs
+from eiw_jax import train as train_lib
 from eiw_jax.bijectors import Coupling
 from eiw_jax.builder import build
-from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.dequant import VariationalDequantizer
 from eiw_jax.errors import UserError
 from eiw_jax.model import to_continuous
@@ -92,7 +95,7 @@ def _snapshot(workdir):
 
 def _params(workdir, step=None):
   """Checkpointed (params, opt_state) of `step` (default: the newest) as numpy."""
-  trainer = train_lib.Trainer(smoke_config(), workdir)
+  trainer = train_lib.Trainer(smoke_config())
   with Checkpointer(workdir, max_to_keep=None) as ckpt:
     state, _ = ckpt.restore(trainer.abstract_state(), step=step or ckpt.latest_step())
   return jax.device_get((state.params, state.opt_state))
@@ -235,7 +238,7 @@ def test_nonfinite_steps_stop_exactly_and_keep_the_last_good_checkpoint(tmp_path
   assert msg.startswith('stopped at step 4: 3 non-finite steps in a row') and '\n' not in msg
   assert '--config.optim.lr' in msg
   assert _committed(workdir) == [1, 2, 3]  # nothing written for the stopping step
-  trainer = train_lib.Trainer(cfg, workdir)
+  trainer = train_lib.Trainer(cfg)
   with Checkpointer(workdir) as ckpt:
     s1, s3 = (ckpt.restore(trainer.abstract_state(), step=s)[0] for s in (1, 3))
   _assert_bitwise((s1.params, s1.opt_state), (s3.params, s3.opt_state))
@@ -404,7 +407,7 @@ def test_bfloat16_conditioner_keeps_the_coupling_float32_and_exact():
 
 
 def test_bfloat16_dequantizer_keeps_log_q_float32():
-  images = jnp.asarray(data.synthetic_images(4, 8, 1, seed=0)[0], jnp.int32)
+  images = jnp.asarray(sources.synthetic_images(4, 8, 1, seed=0)[0], jnp.int32)
   f32, bf16 = VariationalDequantizer(1, 8), VariationalDequantizer(1, 8, dtype=jnp.bfloat16)
   rngs = {'params': jax.random.key(0), 'dequant': jax.random.key(1)}
   variables = f32.init(rngs, images, 8)
@@ -417,13 +420,13 @@ def test_bfloat16_dequantizer_keeps_log_q_float32():
 
 
 def _has_glow_dtype():
-  from eiw_jax.flow import GlowStep  # pylint: disable=g-import-not-at-top
+  from eiw_jax.backbones.glow import GlowStep  # pylint: disable=g-import-not-at-top
   return 'dtype' in GlowStep.__dataclass_fields__
 
 
 @pytest.mark.skipif(not _has_glow_dtype(), reason='needs a dtype field on flow.GlowStep')
 def test_bfloat16_model_loss_close_and_exact_round_trip():
-  images = jnp.asarray(data.synthetic_images(8, 8, 1, seed=0)[0], jnp.int32)
+  images = jnp.asarray(sources.synthetic_images(8, 8, 1, seed=0)[0], jnp.int32)
   cfg = smoke_config()
   cfg.data.image_size = 8
   models = {}

@@ -12,9 +12,9 @@ import pytest
 from helpers import brute_force_logdet, perturb
 
 import eiw_jax
-from eiw_jax.denseflow import DenseFlowScale
+from eiw_jax.backbones.denseflow import DenseFlowScale
 from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.flow import GlowStep
+from eiw_jax.backbones.glow import GlowStep
 
 STEP = functools.partial(GlowStep, hidden=8)
 

@@ -15,9 +15,9 @@ import optax
 import pytest
 
 from eiw_jax import shuffle
-from eiw_jax.config_lib import base_config
+from eiw_jax.train.config import base_config
 from eiw_jax.shuffle.base import FIT_COLLECTION
-from eiw_jax.train_lib import make_optimizer
+from eiw_jax.train.optimizer import make_optimizer
 
 # Unit kinds in the order of u_k's units: 0 = N(0, 1), the rest far from the prior.
 KINDS = ('normal', 'narrow', 'normal', 'bimodal', 'normal', 'shifted')

@@ -12,13 +12,13 @@ import pytest
 
 import eiw_jax
 from eiw_jax import shuffle
-from eiw_jax.builder import LEGACY_VALUES
-from eiw_jax.checkpoint import _structure_difference
-from eiw_jax.config_lib import base_config, check_shuffle_rates
+from eiw_jax.train.run_config import structure_difference as _structure_difference
+from eiw_jax.train.config import LEGACY_VALUES, base_config, upgrade
+from eiw_jax.train.settings import check_shuffle_rates
 from eiw_jax.errors import UserError
 from eiw_jax.losses import LN2, objective
 from eiw_jax.shuffle.base import FIT_COLLECTION
-from eiw_jax.train_lib import make_optimizer
+from eiw_jax.train.optimizer import make_optimizer
 
 
 def tiny_config(mode, kl_weight=1e-3, **model):
@@ -172,9 +172,10 @@ def _synthetic_u(key, n, batch=16):
 
 def _train_shuffle(n, lambdas, steps, optim_updates=None, refresh_every=100):
   """Trains a LikelihoodShuffle alone on synthetic u_k as train_step does (guider:
-  Adamax at the flow's rate; solver: its own SGD; the shuffler's order refreshed
-  every `refresh_every` steps). Returns per λ: (live and committed factored-out
-  masks per step, final live Q)."""
+  Adamax at the flow's rate; solver: its own SGD; the shuffler's order refreshed by
+  its own training apply every `refresh_every` steps). Returns per λ: (per step, the
+  factored-out masks of the live Q after the update and of the order the step used;
+  the final live Q)."""
   cfg = base_config(name='x', image_size=4, channels=1, batch_size=1, train_steps=1)
   cfg.optim.update(warmup_steps=20, **(optim_updates or {}))
   opt = make_optimizer(cfg.optim)
@@ -187,25 +188,26 @@ def _train_shuffle(n, lambdas, steps, optim_updates=None, refresh_every=100):
   consts = {'shuffle_0': v.get('consts', {})}
 
   def loss(p, c, u, lam):
-    (_, kl), sown = sh.apply({'params': p['flow']['shuffle_0'], 'consts': c['shuffle_0']}, u,
-                             method='forward_with_kl', mutable=[FIT_COLLECTION])
-    return lam * kl + sum(jax.tree.leaves(sown))
+    (_, kl), state = sh.apply({'params': p['flow']['shuffle_0'], 'consts': c['shuffle_0']}, u,
+                              method='forward_with_kl', mutable=[FIT_COLLECTION, 'consts'])
+    return lam * kl + sum(jax.tree.leaves(state[FIT_COLLECTION])), state.get('consts', {})
 
   @jax.jit
   def run(lam):
     def step(carry, key):
-      p, s, c, i = carry
+      p, s, c = carry
       u, _ = _synthetic_u(key, n)
-      updates, s = opt.update(jax.grad(loss)(p, c, u, lam), s, p)
+      grads, new = jax.grad(loss, has_aux=True)(p, c, u, lam)
+      c = {'shuffle_0': new}
+      updates, s = opt.update(grads, s, p)
       p = optax.apply_updates(p, updates)
-      c = shuffle.refresh_orders(flow, p['flow'], c, i + 1)
       (live,) = shuffle.transition_permutations(flow, p['flow'])
       (used,) = shuffle.transition_permutations(flow, p['flow'], flow_consts=c)
       masks = [shuffle.factored_mask(x) for x in (live, used)]
-      return (p, s, c, i + 1), jnp.stack(masks)
+      return (p, s, c), jnp.stack(masks)
 
     keys = jax.random.split(jax.random.key(2), steps)
-    (p, _, _, _), masks = jax.lax.scan(step, (params, opt.init(params), consts, 0), keys)
+    (p, _, _), masks = jax.lax.scan(step, (params, opt.init(params), consts), keys)
     return masks[:, 0], masks[:, 1], jax.nn.softmax(shuffle.transition_scores(flow, p['flow'])[0])
 
   return [run(jnp.float32(lam)) for lam in lambdas]
@@ -220,13 +222,15 @@ def _changes(masks):
 def test_split_settles_at_paper_channel_counts(n):
   steps = 400
   (live, used, q), = _train_shuffle(n, [1e-3], steps)
-  # The split the flow sees changes only at refreshes (steps 100, 200, ...): at
-  # most 1% of the steps. The first refresh leaves the identity.
+  # The split the flow sees changes only at refreshes: the steps after 100, 200, ...
+  # updates (steps 101, 201, ...), at most 1% of the steps. The first refresh (at
+  # step 1, from the initial Q) leaves the identity.
   used_changes = _changes(used)  # index i: step i + 2 changed the set
   changed_at = used_changes.nonzero()[0] + 2
-  assert changed_at[0] == 100 and np.all(changed_at % 100 == 0), changed_at
+  assert changed_at[0] == 101 and np.all(changed_at % 100 == 1), changed_at
   assert used_changes.sum() <= steps // 100
-  np.testing.assert_array_equal(np.asarray(used)[299], np.asarray(live)[299])  # a refresh step
+  # Step 301 uses the order the live Q had after update 300.
+  np.testing.assert_array_equal(np.asarray(used)[300], np.asarray(live)[299])
   # The live Q settles: its set changes less often late than early.
   live_changes = _changes(live)
   assert live_changes[300:].sum() < live_changes[:100].sum()
@@ -290,14 +294,16 @@ def test_configs_saved_before_the_modes_keep_their_meaning():
            'shuffle_halves', 'guider_min_width', 'shuffle_permutations')
   for key in added:
     del old.model[key]
-  s = eiw_jax.build(old).flow.shuffle_settings
-  assert (s.mode, s.solver_input, s.statistic, s.unit, s.halves, s.guider_min_width) == (
-      'kl', 'count', 'nll', 'channel', 'sorted', 1)
+  with pytest.raises(UserError, match="config.model has no key 'shuffle_mode'"):
+    eiw_jax.build(old)  # the library takes today's keys; a saved config is upgraded first
+  s = eiw_jax.build(upgrade(old)).flow.shuffle_settings
+  assert (s.mode, s.solver_input, s.statistic, s.unit, s.halves, s.guider_min_width,
+          s.permutations) == ('kl', 'count', 'nll', 'channel', 'sorted', 1, ())
   saved = {'model': old.model.to_dict(), 'optim': {}}
   diff = _structure_difference(saved, {'model': cfg.model.to_dict(), 'optim': {}})
   assert diff[0] == 'model.guider_min_width' and diff[1] == '1'
-  new = {'model': {**cfg.model.to_dict(),
-                   **{k: LEGACY_VALUES[f'model.{k}'] for k in added}},
+  legacy = {k: LEGACY_VALUES.get(f'model.{k}', []) for k in added}
+  new = {'model': {**cfg.model.to_dict(), **legacy},
          'optim': {'shuffle_optimizer': LEGACY_VALUES['optim.shuffle_optimizer']}}
   assert _structure_difference(saved, new) is None
 

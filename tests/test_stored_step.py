@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eiw_jax import stored_step
+from eiw_jax.train import stored_step
 
 REPLICATED = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 

@@ -12,8 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from eiw_jax import runs, stored_step, train_lib
-from eiw_jax.config_lib import base_config, smoke
+from eiw_jax.train import runs, stored_step
+from eiw_jax import train as train_lib
+from eiw_jax.train import state as state_lib
+from eiw_jax.train.config import base_config
+from eiw_jax.train.recipes import smoke
 from helpers import ynn_fusions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +72,7 @@ def test_a_glow_trainers_step_keeps_xlas_default_kernels_on_cpu(trained):
   """The small Glow ran faster with XLA's default YNNPACK fusions (xla_options); its
   compiled step (kept per process) uses them (a DenseFlow's does not:
   tests/test_xla_options.py)."""
-  compiled = list(train_lib.Trainer(smoke_config(), workdir='')._compiled.values())  # pylint: disable=protected-access
+  compiled = list(train_lib.Trainer(smoke_config())._compiled.values())  # pylint: disable=protected-access
   assert compiled
   for program in compiled:
     assert ynn_fusions(program.compiled) > 0
@@ -149,10 +152,10 @@ def test_trainer_init_compiled_for_one_run_matches_a_default_compile():
   """The trainer compiles its init with fewer LLVM passes on CPU (xla_options.run_once);
   the state must be a default compile's, to float32 rounding."""
   cfg = smoke_config()
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   batch = trainer.global_batch(
       np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.int32))
-  default = jax.jit(functools.partial(train_lib.init_state, trainer.model, trainer.optimizer,
+  default = jax.jit(functools.partial(state_lib.init_state, trainer.model, trainer.optimizer,
                                       cfg.optim.ema_decay > 0))
   key = jax.random.key(3)
   plain = lambda tree: jax.tree.map(
@@ -176,7 +179,7 @@ def test_trainer_init_lowers_the_step_beside_the_init_compile(monkeypatch):
   monkeypatch.setattr(stored_step, 'lower', spy)
   cfg = smoke_config()
   cfg.optim.update(warmup_steps=3)  # a config no other test compiled in this process
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   batch = trainer.global_batch(
       np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.int32))
   state = trainer.init(jax.random.key(0), batch)
@@ -196,7 +199,7 @@ def test_a_step_keeps_the_state_structure_with_a_shuffle_that_has_no_constants()
   cfg = fashion_mnist.get_config('ffjord_smoke')
   cfg.model.update(shuffle=True, shuffle_mode='random')
   cfg.data.update(source='synthetic', batch_size=2)
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   step = trainer._step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()  # pylint: disable=protected-access
   d = cfg.data
   batch = trainer.global_batch(np.random.default_rng(0).integers(

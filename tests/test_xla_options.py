@@ -7,7 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eiw_jax import config_lib, nets, train_lib, xla_options
+from eiw_jax import nets
+from eiw_jax.train import recipes
+from eiw_jax.train import xla_options
+from eiw_jax import train as train_lib
 from helpers import ynn_fusions
 
 
@@ -79,10 +82,10 @@ def test_a_donated_optimiser_state_is_updated_without_copying_it():
 def test_a_denseflow_trainers_step_runs_without_ynnpack():
   """The step train.py runs for a (tiny) DenseFlow carries the options, and so do
   the trainer's other programs."""
-  cfg = config_lib.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
-  config_lib.tiny_denseflow(cfg, units=(1,), modules=(1,))
+  cfg = recipes.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
+  recipes.tiny_denseflow(cfg, units=(1,), modules=(1,))
   cfg.model.update(num_scales=1, dequantizer='uniform', shuffle=False)
-  trainer = train_lib.Trainer(cfg, workdir='')
+  trainer = train_lib.Trainer(cfg)
   assert ynn_fusions(trainer.compile_step(trainer.abstract_state()).compiled) == 0
   x, kernel = np.zeros((8, 16, 16, 176), np.float32), np.zeros((3, 3, 176, 64), np.float32)
   assert ynn_fusions(trainer.jit(nets.conv_same).lower(x, kernel).compile()) == 0  # eval, samples

@@ -51,15 +51,22 @@ def sum_event(x) -> jnp.ndarray:
   return jnp.sum(x.astype(jnp.float32), axis=tuple(range(1, x.ndim)))
 
 
+def compose(layers, x, inverse: bool = False, **kwargs):
+  """Applies bijectors in order (`forward`) or in reverse order (`inverse`) and sums
+  their logdets: the one loop behind every composite layer. Called inside a
+  module's `__call__`, the layers stay that module's children (their parameters
+  keep their paths); `Chain` is the same as a module of its own."""
+  total = zero_logdet(x)
+  for layer in (reversed(layers) if inverse else layers):
+    x, logdet = layer(x, inverse=inverse, **kwargs)
+    total = total + logdet
+  return x, total
+
+
 class Chain(Bijector):
   """Composition of bijectors, applied in order for `forward`, reversed for `inverse`."""
   layers: tuple
 
   @nn.compact
   def __call__(self, x, inverse=False, **kwargs):
-    total = zero_logdet(x)
-    layers = reversed(self.layers) if inverse else self.layers
-    for layer in layers:
-      x, logdet = layer(x, inverse=inverse, **kwargs)
-      total = total + logdet
-    return x, total
+    return compose(self.layers, x, inverse, **kwargs)

@@ -1,6 +1,8 @@
 """Evaluation modes (eval.py --mode=<mode>). One file per mode, each exposing
 `run(ctx: EvalContext) -> dict`; the dict is written to <workdir>/eval/<mode>.json
-and any PNGs go beside it (ctx.out_dir).
+and any PNGs go beside it (ctx.out_dir). The modes' options are the `config.eval`
+keys (`defaults`). This package uses the model library and data/, nothing of
+training.
 """
 from __future__ import annotations
 
@@ -13,6 +15,17 @@ from eiw_jax.data import Split
 
 MODES = ('bpd', 'samples', 'reconstruct', 'interpolate', 'manipulate', 'entropy', 'channels',
          'speed', 'fid', 'summary')
+
+
+def defaults() -> dict:
+  """The `config.eval` keys: the options of the modes (docs/USAGE.md lists them)."""
+  return dict(
+      batch_size=256, num_examples=0, iw_samples=0,
+      temperatures=[0.0, 0.5, 0.7, 0.8, 0.9, 1.0], num_samples=64, num_pairs=4,
+      interpolation_steps=8, interpolation_temperature=0.8,
+      manipulate_positive=1, manipulate_negative=0,
+      manipulate_alphas=[-2.0, -1.0, 0.0, 1.0, 2.0], entropy_examples=1000,
+      channels_top=10, speed_batch_size=0, speed_iters=5, fid_num_samples=10000)
 
 
 @dataclasses.dataclass

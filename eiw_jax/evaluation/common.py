@@ -20,22 +20,12 @@ from eiw_jax import api
 from eiw_jax.flow import flatten_latents, unflatten_latents
 from eiw_jax.model import to_continuous
 
-DEFAULTS = dict(
-    batch_size=256, num_examples=0, iw_samples=0,
-    temperatures=(0.0, 0.5, 0.7, 0.8, 0.9, 1.0), num_samples=64, num_pairs=4,
-    interpolation_steps=8, interpolation_temperature=0.8,
-    manipulate_positive=1, manipulate_negative=0,
-    manipulate_alphas=(-2.0, -1.0, 0.0, 1.0, 2.0), entropy_examples=1000,
-    channels_top=10, speed_batch_size=0, speed_iters=5, fid_num_samples=10000,
-)
-
-
 def option(ctx, key: str):
-  """ctx.config.eval[key], or its default when the config (or its eval block) lacks it."""
-  ecfg = getattr(ctx.config, 'eval', None) if ctx.config is not None else None
-  if ecfg is None:
-    return DEFAULTS[key]
-  return ecfg.get(key, DEFAULTS[key])
+  """ctx.config.eval[key] (the run's config; the defaults when there is none)."""
+  if ctx.config is None:
+    from eiw_jax.evaluation import defaults  # pylint: disable=g-import-not-at-top
+    return defaults()[key]
+  return ctx.config.eval[key]
 
 
 def first_examples(images: np.ndarray, num: int) -> np.ndarray:

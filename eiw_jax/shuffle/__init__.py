@@ -38,9 +38,12 @@ gradient). `model.shuffle_mode` picks a reading; each lives in its own module:
 `model.shuffle=False` is the vanilla flow (no Shuffle at all).
 
 The solver and the oracle's statistics are updated by plain SGD of their own
-(train_lib.make_optimizer), so λ sets how fast Q follows P; the order the
-shuffler uses is a constant refreshed from them every `model.shuffle_refresh_every`
-steps (base.py), so the split changes at most that often. See the README.
+(`param_labels` marks them; eiw_jax.train.optimizer), so λ sets how fast Q
+follows P; the order the shuffler uses is a constant that the model's own
+training apply refreshes from them every `model.shuffle_refresh_every` steps
+(base.py), so the split changes at most that often. See docs/SHUFFLE.md.
+
+This package belongs to the model library: it imports nothing of training.
 """
 from eiw_jax.shuffle.base import ShuffleBase
 from eiw_jax.shuffle.fixed import FixedShuffle
@@ -51,9 +54,10 @@ from eiw_jax.shuffle.ops import (HALVES, UNITS, channel_order, expand_units, fac
                                  kl_divergence, soft_cross_entropy, unit_order)
 from eiw_jax.shuffle.oracle import OracleShuffle
 from eiw_jax.shuffle.random_order import RandomShuffle
-from eiw_jax.shuffle.settings import (MODE_NAMES, ShuffleSettings, check_settings,
-                                      permutations_from)
-from eiw_jax.shuffle.state import (refresh_orders, split_changes, transition_permutations,
+from eiw_jax.shuffle.settings import (CONFIG_KEYS, MODE_NAMES, ShuffleSettings, check_settings,
+                                      config_defaults, from_config, permutations_from)
+from eiw_jax.shuffle.labels import LABELS, param_labels
+from eiw_jax.shuffle.state import (commit_live_orders, split_changes, transition_permutations,
                                    transition_scores)
 from eiw_jax.shuffle.statistics import (STATISTICS, channel_divergence, channel_nll,
                                         dataset_kl, negentropy, unit_statistic)
@@ -74,9 +78,11 @@ def make_shuffle(settings: ShuffleSettings, num_channels: int, *, transition: in
   return MODES[settings.mode](num_channels, settings=settings, transition=transition, name=name)
 
 
-__all__ = ['FixedShuffle', 'Guider', 'HALVES', 'KLShuffle', 'LikelihoodShuffle', 'MODES',
-           'OracleShuffle', 'RandomShuffle', 'STATISTICS', 'Shuffle', 'ShuffleBase',
-           'ShuffleSettings', 'Solver', 'UNITS', 'channel_divergence', 'channel_nll',
-           'channel_order', 'check_settings', 'dataset_kl', 'expand_units', 'factored_mask', 'kl_divergence',
-           'make_shuffle', 'negentropy', 'permutations_from', 'refresh_orders', 'soft_cross_entropy', 'split_changes',
-           'transition_permutations', 'transition_scores', 'unit_order', 'unit_statistic']
+__all__ = ['CONFIG_KEYS', 'FixedShuffle', 'Guider', 'HALVES', 'KLShuffle', 'LABELS',
+           'LikelihoodShuffle', 'MODES', 'OracleShuffle', 'RandomShuffle', 'STATISTICS',
+           'Shuffle', 'ShuffleBase', 'ShuffleSettings', 'Solver', 'UNITS', 'channel_divergence',
+           'channel_nll', 'channel_order', 'check_settings', 'commit_live_orders',
+           'config_defaults', 'dataset_kl', 'expand_units', 'factored_mask', 'from_config',
+           'kl_divergence', 'make_shuffle', 'negentropy', 'param_labels', 'permutations_from',
+           'soft_cross_entropy', 'split_changes', 'transition_permutations', 'transition_scores',
+           'unit_order', 'unit_statistic']

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 
 from eiw_jax.bijectors.base import Bijector, zero_logdet
@@ -25,8 +26,14 @@ class ShuffleBase(Bijector):
 
   With `refresh_every > 1` a reading that learns its order keeps the scores the
   shuffler uses as a constant, `consts/.../order` (zero at init: the identity),
-  which training refreshes from the live scores every `refresh_every` steps. The
-  split the flow trains against then changes at most once per `refresh_every`
+  and counts the training applies in `consts/.../updates`. A training apply is one
+  with the 'consts' collection mutable (as batch statistics are updated): the
+  `forward_with_kl` of the t-th such apply (t = 0, 1, ...: the number of updates
+  the parameters have had) first replaces the order by the live scores when t is a
+  multiple of `refresh_every`, so the order used from then on is the one the
+  parameters after update t give. Any training loop that keeps the 'consts' its
+  apply returns (eiw_jax.train_loss) refreshes the order exactly as train.py's.
+  The split the flow trains against changes at most once per `refresh_every`
   steps, however noisy the live Q is; the KL always uses the live Q. With 1 the
   shuffler follows the live scores at every step.
   """
@@ -52,9 +59,10 @@ class ShuffleBase(Bijector):
           f"shuffle unit {self.settings.unit!r} needs a channel count divisible by "
           f'{2 * self.unit_size} (whole units in each half), got {self.num_channels}; use '
           "shuffle_unit='channel'")
-    self.committed = None
+    self.committed = self.updates = None
     if self.settings.refresh_every > 1 and self.learns_order:
       self.committed = self.variable('consts', 'order', jnp.zeros, (self.num_units,))
+      self.updates = self.variable('consts', 'updates', lambda: jnp.zeros((), jnp.int32))
 
   def live_scores(self) -> jnp.ndarray:
     raise NotImplementedError
@@ -86,12 +94,26 @@ class ShuffleBase(Bijector):
       perm = jnp.argsort(perm)
     return jnp.take(u, perm, axis=-1), zero_logdet(u)
 
+  def refresh(self) -> None:
+    """In a training apply: count it, and refresh the order in use from the live
+    scores every `refresh_every` of them (see the class docstring)."""
+    if (self.committed is None or self.is_initializing()
+        or not self.is_mutable_collection('consts')):
+      return
+    count = self.updates.value
+    live = jax.lax.stop_gradient(self.live_scores())
+    self.committed.value = jnp.where(count % self.settings.refresh_every == 0, live,
+                                     self.committed.value)
+    self.updates.value = count + 1
+
   def forward_with_kl(self, u):
     """Inference direction with the penalty: returns (û [B,H,W,4C], KL scalar).
 
-    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection.
+    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection;
+    in a training apply the order is refreshed first (`refresh`).
     """
     self._check(u)
+    self.refresh()
     kl, fit = self.penalties(u, self.live_scores())
     if fit is not None:
       self.sow(FIT_COLLECTION, 'loss', fit)

@@ -36,6 +36,38 @@ class ShuffleSettings:
   permutations: Tuple[Tuple[int, ...], ...] = ()
 
 
+# model.* config keys -> ShuffleSettings fields.
+CONFIG_KEYS = {
+    'shuffle_mode': 'mode',            # the reading (shuffle/__init__.py)
+    'shuffle_unit': 'unit',            # u_k's channels, or whole pre-squeeze feature maps ('map')
+    'shuffle_halves': 'halves',        # 'keep_order' (each half keeps its order) or 'sorted'
+    'shuffle_statistic': 'statistic',  # likelihood/oracle: 'dataset_kl', 'nll', 'divergence'
+    'shuffle_reduction': 'reduction',  # the guider's reduction ratio r
+    'guider_min_width': 'guider_min_width',  # the guider's hidden width is max(4C // r, this)
+    'solver_layers': 'solver_layers',  # L_S
+    'solver_input': 'solver_input',    # the solver's constant input: 4C/4C ('normalized') or 4C
+    'kl_grad_to_guider': 'kl_grad_to_guider',  # reading 'kl': False holds P constant in the KL
+    'shuffle_seed': 'seed',            # reading 'random': the orders' seed
+    'shuffle_refresh_every': 'refresh_every',  # the shuffler's order is refreshed every N steps
+    'shuffle_permutations': 'permutations',    # reading 'fixed': one order of units per transition
+}
+
+
+def config_defaults() -> dict:
+  """The model.* keys of the Shuffle with their defaults (the order refreshed every 100
+  training steps: the split changes at most that often)."""
+  out = {key: getattr(ShuffleSettings(), field) for key, field in CONFIG_KEYS.items()}
+  out.update(shuffle_refresh_every=100, shuffle_permutations=[])
+  return out
+
+
+def from_config(m) -> ShuffleSettings:
+  """ShuffleSettings from config.model (every key of CONFIG_KEYS present)."""
+  values = {field: m[key] for key, field in CONFIG_KEYS.items()}
+  values['permutations'] = permutations_from(values['permutations'])
+  return ShuffleSettings(**values)
+
+
 def permutations_from(value) -> Tuple[Tuple[int, ...], ...]:
   """model.shuffle_permutations as a tuple of tuples of ints (UserError if it is not
   a list of lists of integers)."""

@@ -1,5 +1,5 @@
 """The Shuffle's state read from variables alone (no data): scores, the order the
-shuffler uses and its refresh, and how the split changed between two versions."""
+shuffler uses, and how the split changed between two versions."""
 from __future__ import annotations
 
 import dataclasses
@@ -71,22 +71,16 @@ def transition_permutations(flow, flow_params: dict,
   return _apply(flow, flow_params, 'permutation', num_channels, flow_consts)
 
 
-def refresh_orders(flow, flow_params: dict, flow_consts: dict, step, live=None) -> dict:
-  """The flow's consts with each committed order replaced by the live scores when
-  `step` (the number of updates done) is a multiple of the refresh interval.
-  `live`: transition_scores(flow, flow_params), if the caller has them already."""
-  every = flow.shuffle_settings.refresh_every
-  if not flow.shuffle or every <= 1:
+def commit_live_orders(flow, flow_params: dict, flow_consts: dict) -> dict:
+  """The flow's consts with every committed order replaced by the live scores now (as
+  a training apply does every `refresh_every` updates; shuffle/base.py)."""
+  if not flow.shuffle:
     return flow_consts
-  live = transition_scores(flow, flow_params) if live is None else live
   new = dict(flow_consts)
-  due = step % every == 0
-  for k, scores in enumerate(live):
+  for k, scores in enumerate(transition_scores(flow, flow_params)):
     name = f'shuffle_{k}'
-    if scores is None or 'order' not in flow_consts.get(name, {}):
-      continue
-    old = flow_consts[name]['order']
-    new[name] = {**flow_consts[name], 'order': jnp.where(due, scores, old)}
+    if scores is not None and 'order' in flow_consts.get(name, {}):
+      new[name] = {**flow_consts[name], 'order': scores}
   return new
 
 

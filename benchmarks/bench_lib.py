@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from eiw_jax import api
-from eiw_jax.train_lib import Trainer
+from eiw_jax.train.trainer import Trainer
 
 
 def variant(config, **model):
@@ -50,7 +50,7 @@ class _Model:
 
   def __init__(self, config):
     t0 = time.perf_counter()
-    self.trainer = Trainer(config, workdir='')
+    self.trainer = Trainer(config)
     self.batch = _random_batch(self.trainer)
     self.state = self.trainer.init(jax.random.key(0), self.batch)
     self.init_s = time.perf_counter() - t0
@@ -90,7 +90,7 @@ def peak_memory(compiled) -> int:
 def flops_per_step(config) -> float:
   """XLA's FLOP count of one training step. XLA counts a loop body once whatever
   its trip count, so this compiles the unrolled (scan=False) form of the model."""
-  trainer = Trainer(variant(config, scan=False), workdir='')
+  trainer = Trainer(variant(config, scan=False))
   batch = _random_batch(trainer)
   state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
   compiled = trainer._step.lower(state, batch).compile()  # pylint: disable=protected-access
@@ -137,7 +137,7 @@ def first_step(config) -> dict:
   init_s (build and initialise), compile_s (the step), first_step_s (all of it,
   the step's run included) and peak_rss_bytes (this process so far)."""
   t0 = time.perf_counter()
-  trainer = Trainer(config, workdir='')
+  trainer = Trainer(config)
   batch = _random_batch(trainer)
   state = trainer.init(jax.random.key(0), batch)
   t1 = time.perf_counter()
@@ -183,7 +183,7 @@ def cold_start(argv_base, names) -> dict:
 
 def _step_memory(config) -> int:
   """`peak_memory` of `config`'s training step, compiled only (nothing allocated)."""
-  trainer = Trainer(config, workdir='')
+  trainer = Trainer(config)
   batch = _random_batch(trainer)
   state = jax.eval_shape(trainer._init, jax.random.key(0), batch)  # pylint: disable=protected-access
   return peak_memory(trainer._step.lower(state, batch).compile())  # pylint: disable=protected-access

@@ -4,7 +4,7 @@ A workdir holds:
 
   config.json                 the run's config, human readable
   checkpoints/<step>/         one orbax checkpoint per saved step, with
-                              checksums.json (eiw_jax.checksums) once committed
+                              checksums.json (eiw_jax.train.checksums) once committed
   corrupt_checkpoints/<step>-<n>/
                               steps that `restore` found unreadable, moved out
                               of orbax's sight (kept for inspection)
@@ -17,28 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import logging as std_logging
 import re
-import sys
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from eiw_jax import checksums
+from eiw_jax.train import checksums, messages, run_config
 from eiw_jax.errors import UserError
 
 # Written by orbax as the last file of a step (before the atomic rename on a
 # local disk; as the commit itself on object stores).
 _COMMIT_MARKER = 'commit_success.txt'
 _STEP_NAME = re.compile(r'^(0|[1-9][0-9]*)$')
-# Config keys that fix the state's structure (everything under `model` too).
-_STRUCTURE_KEYS = ('data.image_size', 'data.channels', 'data.num_bits',
-                   'optim.shuffle_optimizer')
 _CONFIG_FIX = "use a new --workdir, or pass the saved config's values"
 # orbax's item directory inside a step (CheckpointManager with one unnamed item).
 _ITEM = 'default'
@@ -82,12 +75,9 @@ class Checkpointer:
 
   Config handling: with `config` given, `<workdir>/config.json` is written
   when the workdir has no checkpoint yet, and otherwise only once a checkpoint
-  was restored with it (or saved). The config is compared with the saved one:
-  a difference in a key that fixes the state's structure (`model.*`,
-  `data.image_size`, `data.channels`, `data.num_bits`) raises `UserError`
-  before anything is written; other differences (a longer run, another
-  learning rate) are accepted, named in one line by `restore`, and reach
-  config.json with the next save.
+  was restored with it (or saved); it is compared with the saved one first
+  (train/run_config.py: a structural difference raises UserError before anything
+  is written, others are named in one line by `restore`).
   """
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
@@ -99,13 +89,13 @@ class Checkpointer:
     self._dir = self._workdir / 'checkpoints'
     self._corrupt_dir = self._workdir / 'corrupt_checkpoints'
     self._config_path = self._workdir / 'config.json'
-    self._config_text = None if config is None else _config_to_json(config)
+    self._config_text = None if config is None else run_config.config_to_json(config)
     self._saved_config_text = None
     self._read_only = read_only
     self._unsealed = []  # steps saved here whose checksums are not written yet
     if self._config_text is not None:
       self._saved_config_text = self._check_config()  # Writes nothing.
-    _quiet_orbax_logs()
+    messages.quiet_orbax_logs()
     self._reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     self._manager = None  # Saves and deletes: never opened read-only.
     if read_only:
@@ -159,7 +149,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         raise UserError(
             f'checkpoint step {step} in {self._dir} is unreadable '
-            f'({_one_line(e)}); pick another step (committed: '
+            f'({messages.one_line(e)}); pick another step (committed: '
             f'{self.all_steps()})') from e
     steps = sorted(_step_dirs(self._dir), reverse=True)
     if not steps:
@@ -169,10 +159,10 @@ class Checkpointer:
       try:
         state = self._restore_step(s, abstract_state, adapters)
       except Exception as e:  # pylint: disable=broad-except
-        failed.append((s, _one_line(e)))
+        failed.append((s, messages.one_line(e)))
         then = (f'falling back to step {steps[i + 1]}' if i + 1 < len(steps)
                 else 'no older checkpoint to fall back to')
-        _warn(f'checkpoint step {s} is unreadable ({_one_line(e)}); {then}')
+        messages.warn(f'checkpoint step {s} is unreadable ({messages.one_line(e)}); {then}')
         continue
       self._move_aside([f for f, _ in failed])
       self._accept_config(s)
@@ -250,7 +240,7 @@ class Checkpointer:
         if _MISMATCH in str(e):
           continue
         raise
-      _note(f'step {step} was saved {description}')
+      messages.note(f'step {step} was saved {description}')
       return convert(state)
     raise mismatch
 
@@ -259,10 +249,10 @@ class Checkpointer:
     if self._config_text is None:
       return
     if self._saved_config_text is not None:
-      changes = _changes(json.loads(self._saved_config_text),
+      changes = run_config.changes(json.loads(self._saved_config_text),
                          json.loads(self._config_text))
       if changes:
-        _note(f'step {step} restored under changed settings: {changes}')
+        messages.note(f'step {step} restored under changed settings: {changes}')
     if not self._read_only and self._saved_config_text is None:
       self._write_config()
 
@@ -278,7 +268,7 @@ class Checkpointer:
           n += 1
         dest = self._corrupt_dir / f'{step}-{n}'
         (self._dir / str(step)).rename(dest)
-        _warn(f'moved unreadable checkpoint step {step} to {dest}')
+        messages.warn(f'moved unreadable checkpoint step {step} to {dest}')
     _sync('eiw_jax_checkpoint_move_aside')
     self._manager.reload()
 
@@ -289,7 +279,7 @@ class Checkpointer:
     try:
       text = self._config_path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f'{self._config_path} is unreadable ({_one_line(e)}); remove or '
+      raise UserError(f'{self._config_path} is unreadable ({messages.one_line(e)}); remove or '
                       f'fix it, or use a new --workdir') from e
     if not _committed_steps(self._dir):
       return text  # Nothing saved to be incompatible with.
@@ -298,7 +288,7 @@ class Checkpointer:
     except json.JSONDecodeError as e:
       raise UserError(f'{self._config_path} is not valid JSON ({e}); '
                       f'{_CONFIG_FIX}') from e
-    diff = _structure_difference(saved, json.loads(self._config_text))
+    diff = run_config.structure_difference(saved, json.loads(self._config_text))
     if diff is not None:
       key, old, new = diff
       raise UserError(
@@ -328,121 +318,7 @@ def _committed_steps(directory: epath.Path) -> list[int]:
           if (directory / str(s) / _COMMIT_MARKER).exists()]
 
 
-def _config_to_json(config) -> str:
-  if hasattr(config, 'to_dict'):  # ml_collections.ConfigDict
-    config = config.to_dict()
-  return json.dumps(config, indent=2, sort_keys=True, default=_json_default) + '\n'
-
-
-def _json_default(value):
-  if isinstance(value, (np.generic, np.ndarray)):
-    return value.tolist()
-  return str(value)
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-# Model keys that change the objective or how it is computed, not the state.
-_FREE_MODEL_KEYS = frozenset({'model.kl_weight', 'model.kl_grad_to_guider', 'model.kl_units',
-                              'model.invertible_grad', 'model.remat', 'model.compute_dtype'})
-
-
-# The Shuffle's keys: they change no variable between two models whose Shuffles
-# have none (the vanilla flow and the readings 'random' and 'fixed'), so a vanilla
-# run continues under a fixed order (experiments/shuffle_paired.py) and back.
-_ORDER_ONLY_MODES = ('random', 'fixed')
-
-
-def _shuffle_key(key: str) -> bool:
-  return key.startswith('model.shuffle') or key in (
-      'model.guider_min_width', 'model.solver_layers', 'model.solver_input')
-
-
-def _parameter_free_shuffle(flat: dict, defaults: dict) -> bool:
-  get = lambda k: flat.get(k, defaults.get(k))
-  return not get('model.shuffle') or get('model.shuffle_mode') in _ORDER_ONLY_MODES
-
-
-def _structure_difference(saved: dict, new: dict):
-  """First (key, saved, new) that differs among structural keys, or None.
-
-  A key the saved config lacks (written by an older version) stands for the
-  behaviour of that version (builder.LEGACY_VALUES) or else for the key's
-  default, and matches a new value equal to that. The Shuffle's keys are free
-  between two models whose Shuffles have no variables.
-  """
-  # pylint: disable=g-import-not-at-top
-  from eiw_jax.builder import LEGACY_VALUES, model_config
-  defaults = {**_flatten({'model': model_config().to_dict()}), **LEGACY_VALUES}
-  saved, new = _flatten(saved), _flatten(new)
-  free_order = (_parameter_free_shuffle(saved, defaults)
-                and _parameter_free_shuffle(new, defaults))
-  structural = lambda k: (k == 'model' or k.startswith('model.') or (
-      k in _STRUCTURE_KEYS)) and k not in _FREE_MODEL_KEYS and not (
-          free_order and _shuffle_key(k))
-  for key in sorted(k for k in saved.keys() | new.keys() if structural(k)):
-    missing = object()
-    old_value, new_value = saved.get(key, missing), new.get(key, missing)
-    if old_value is missing and key in defaults:
-      old_value = defaults[key]
-    if new_value is missing and key in defaults:
-      new_value = defaults[key]
-    if old_value != new_value:
-      show = lambda v: '<unset>' if v is missing else json.dumps(v)
-      return key, show(old_value), show(new_value)
-  return None
-
-
-def _changes(saved: dict, new: dict, limit: int = 6) -> str:
-  """'optim.lr 0.001 -> 0.0005, ...' for the non-structural keys that differ."""
-  saved, new = _flatten(saved), _flatten(new)
-  keys = sorted(k for k in saved.keys() & new.keys()
-                if saved[k] != new[k] and not k.startswith('eval.'))
-  parts = [f'{k} {json.dumps(saved[k])} -> {json.dumps(new[k])}' for k in keys[:limit]]
-  if len(keys) > limit:
-    parts.append(f'and {len(keys) - limit} more')
-  return ', '.join(parts)
-
-
-def _one_line(error: Exception, limit: int = 240) -> str:
-  text = ' '.join(str(error).split())
-  text = f'{type(error).__name__}: {text}'
-  return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
-def _warn(message: str):
-  logging.warning('%s', message)
-  print(f'WARNING: {message}', file=sys.stderr, flush=True)
-
-
-def _note(message: str):
-  logging.info('%s', message)
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
-
 
 def _sync(name: str):
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-class _DropOrbaxInfo(std_logging.Filter):
-  """Keeps orbax's warnings and errors, drops its per-save INFO chatter."""
-
-  def filter(self, record):
-    return (record.levelno >= std_logging.WARNING or
-            '/orbax/' not in record.pathname.replace('\\', '/'))
-
-
-def _quiet_orbax_logs():
-  logger = logging.get_absl_logger()
-  if not any(isinstance(f, _DropOrbaxInfo) for f in logger.filters):
-    logger.addFilter(_DropOrbaxInfo())

@@ -1,4 +1,5 @@
-"""Readers behind `eiw_jax.data.load_split`: one per source, files -> arrays.
+"""Readers behind `eiw_jax.data.load_split`: one per source, files -> arrays
+(image folders in folder.py, tensorflow-datasets in tfds_source.py).
 
 Each `LOADERS[source](dcfg, split, d)` returns (images, labels): uint8 images
 (NHWC for every source but tfds, which may return a list stacked as is) and
@@ -7,7 +8,6 @@ shape, dtype and bit-depth checks on the result are left to `eiw_jax.data`.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import gzip
 import math
 import os
@@ -19,13 +19,10 @@ import zlib
 
 import numpy as np
 
+from eiw_jax.data.folder import load_folder
+from eiw_jax.data.tfds_source import load_tfds
 from eiw_jax.errors import UserError
 
-TFDS_NAMES = {'mnist': 'mnist', 'fashion_mnist': 'fashion_mnist',
-              'cifar10': 'cifar10', 'celeba': 'celeb_a',
-              'imagenet32': 'downsampled_imagenet/32x32',
-              'imagenet64': 'downsampled_imagenet/64x64'}
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
 CIFAR_SUBDIR = 'cifar-10-batches-py'
 CIFAR_FILES = {'train': tuple(f'data_batch_{i}' for i in range(1, 6)),
                'test': ('test_batch',)}
@@ -33,21 +30,6 @@ _IDX_RE = re.compile(r'^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$',
                      re.IGNORECASE)
 _IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4',
                0x0D: '>f4', 0x0E: '>f8'}
-
-
-def expand(d):
-  return os.path.abspath(os.path.expanduser(d)) if d else ''
-
-
-def tfds_default_dir():
-  return expand(os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
-
-
-def tfds_prepared(name, data_dir):
-  """True if tfds data for `name` is prepared under data_dir (no tfds import)."""
-  root = pathlib.Path(data_dir, TFDS_NAMES[name])
-  return root.is_dir() and (any(root.glob('*/dataset_info.json'))
-                            or any(root.glob('*/*/dataset_info.json')))
 
 
 def idx_files(d):
@@ -256,119 +238,6 @@ def _load_cifar(dcfg, split, d):
   return images, np.concatenate([lab for _, lab in parts])
 
 
-# -------------------------------------------------------------------- folder
-
-
-def square_resize(im, size):
-  """Center-crops a PIL image to a square and resizes it to size x size."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  w, h = im.size
-  s = min(w, h)
-  left, top = (w - s) // 2, (h - s) // 2
-  im = im.crop((left, top, left + s, top + s))
-  if s != size:
-    resample = (Image.Resampling.LANCZOS if s > size
-                else Image.Resampling.BICUBIC)
-    im = im.resize((size, size), resample)
-  return im
-
-
-def _read_image(path, size, channels):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      im = square_resize(im.convert('L' if channels == 1 else 'RGB'), size)
-      return np.asarray(im, np.uint8).reshape(size, size, channels)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: cannot read image ({e}); remove or replace the '
-                    'file') from e
-
-
-def _folder_files(root, split):
-  """Image paths of one split: root/{train,test}/, CelebA's partition file, or
-  every 10th sorted file as test."""
-  def images_under(d):
-    return sorted(p for p in d.rglob('*') if p.suffix.lower() in IMAGE_EXTS)
-  if (root / 'train').is_dir() and (root / 'test').is_dir():
-    return images_under(root / split)
-  files = images_under(root)
-  partition = root / 'list_eval_partition.txt'
-  if partition.is_file():  # CelebA: 0 train, 1 validation, 2 test
-    part = dict(line.split()[:2] for line in partition.read_text().splitlines()
-                if len(line.split()) >= 2)
-    keep = '0' if split == 'train' else '2'
-    return [p for p in files if part.get(p.name) == keep]
-  return [p for i, p in enumerate(files) if (i % 10 == 9) == (split == 'test')]
-
-
-def _load_folder(dcfg, split, d):
-  if dcfg.channels not in (1, 3):
-    raise UserError(f'{dcfg.name}: image folders give 1 or 3 channels, not '
-                    f'{dcfg.channels}; set --config.data.channels=3')
-  files = _folder_files(pathlib.Path(d), split)
-  if not files:
-    raise UserError(f'{dcfg.name}: no {split} images (png/jpg) in {d}; point '
-                    '--config.data.dir at the image folder')
-  size, c = dcfg.image_size, dcfg.channels
-  images = np.empty((len(files), size, size, c), np.uint8)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    for i, im in enumerate(pool.map(lambda p: _read_image(p, size, c), files)):
-      images[i] = im
-  return images, None
-
-
-# ---------------------------------------------------------- tfds, synthetic
-
-
-def _load_tfds(dcfg, split, d):
-  """Reads tfds data prepared in d (or dcfg.dir, or the default data dir)."""
-  name = dcfg.name
-  if name not in TFDS_NAMES:
-    raise UserError(f'{name}: not available from tfds; set --config.data.source')
-  data_dir = d or expand(dcfg.get('dir', '')) or tfds_default_dir()
-  if not tfds_prepared(name, data_dir) and not dcfg.get('download', False):
-    raise UserError(f'{name}: no prepared tfds data in {data_dir}; add '
-                    '--config.data.download=True (needs network) or pass '
-                    '--config.data.dir=DIR with local files')
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(f'{name}: cannot import tensorflow_datasets ({e}); install '
-                    'it with its dependencies (importlib_resources)') from e
-  try:
-    builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'{name}: cannot open the tfds data in {data_dir} '
-                    f'({reason}); re-prepare it or use local files') from e
-  if not builder.is_prepared():
-    if not dcfg.get('download', False):
-      raise UserError(f'{name}: the tfds data in {data_dir} is not version '
-                      f'{builder.version}; add --config.data.download=True')
-    builder.download_and_prepare(file_format='array_record')
-  try:
-    src = builder.as_data_source(split=split)
-    examples = [src[i] for i in range(len(src))]
-    raw = [np.asarray(ex['image']) for ex in examples]
-    labels = (np.array([ex['label'] for ex in examples])
-              if examples and 'label' in examples[0] else None)
-  except (NotImplementedError, ImportError):  # TFRecord, or decoding needs tf
-    try:
-      ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    except ImportError as e:
-      raise UserError(f'{name}: reading the tfds data in {data_dir} needs '
-                      'tensorflow here; install tensorflow or use local files '
-                      '(--config.data.dir)') from e
-    raw, labels = list(ds['image']), ds.get('label')
-  if raw and raw[0].shape[:2] != (dcfg.image_size,) * 2:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    mode = 'L' if dcfg.channels == 1 else 'RGB'
-    raw = [np.asarray(square_resize(Image.fromarray(np.squeeze(x)).convert(
-        mode), dcfg.image_size)).reshape(dcfg.image_size, dcfg.image_size, -1)
-           for x in raw]
-  return np.stack(raw), labels
-
-
 def synthetic_images(n, size, channels, seed):
   """n smooth random uint8 images (a few low-frequency waves plus noise)."""
   rng = np.random.default_rng(seed)
@@ -387,12 +256,12 @@ def synthetic_images(n, size, channels, seed):
 
 def _load_synthetic(dcfg, split, d):
   del d
-  n = dcfg.get('num_synthetic', 256)
+  n = dcfg.num_synthetic
   n = n if split == 'train' else max(1, n // 4)
   return synthetic_images(n, dcfg.image_size, dcfg.channels,
                           seed=0 if split == 'train' else 1)
 
 
 LOADERS = {'idx': _load_idx, 'npz': _load_npz, 'pickle': _load_cifar,
-           'folder': _load_folder, 'tfds': _load_tfds,
+           'folder': load_folder, 'tfds': load_tfds,
            'synthetic': _load_synthetic}

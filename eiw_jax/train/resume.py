@@ -1,4 +1,4 @@
-"""Resuming under changed optimiser settings.
+"""Resuming under changed optimiser settings, and states saved by older versions.
 
 Gradient clipping (`optim.grad_clip > 0`) and the EMA of the parameters
 (`optim.ema_decay > 0`) change the training state's structure, not the model: a
@@ -7,6 +7,11 @@ on. A checkpoint saved with either switched the other way is restored as saved,
 then converted: what matches is kept, a new clipping state is empty, a new EMA
 starts at the parameters, a dropped one is discarded. The learning rate and the
 warm-up change no structure (the schedule's step count is restored as it was).
+
+Before the Shuffle refreshed its order inside the model's own apply, its constants
+held the order without a count of updates (`consts/.../updates`, shuffle/base.py):
+such a state is restored with the count set to the state's step, which is what
+the model would have counted.
 """
 from __future__ import annotations
 
@@ -28,6 +33,10 @@ def adapters(config, abstract_fn):
   o = config.optim
   clip, ema = o.grad_clip > 0, o.ema_decay > 0
   out = []
+  # The same settings, saved before the Shuffle counted its updates (for a model
+  # without counters this is today's structure, which was tried before any adapter).
+  out.append(('before the Shuffle counted its updates; the count set to the step',
+              functools.partial(_without_counters_of, abstract_fn, config), _with_counters))
   for saved_clip, saved_ema in ((not clip, ema), (clip, not ema), (not clip, not ema)):
     variant = copy.deepcopy(config)
     variant.optim.grad_clip = 1.0 if saved_clip else 0.0
@@ -42,7 +51,37 @@ def adapters(config, abstract_fn):
       note += ', the EMA starts from the parameters'
     out.append((note, functools.partial(abstract_fn, variant),
                 functools.partial(convert, clip, ema, saved_clip)))
+    out.append((note + '; the Shuffle\'s update count set to the step',
+                functools.partial(_without_counters_of, abstract_fn, variant),
+                functools.partial(_counted_convert, clip, ema, saved_clip)))
   return out
+
+
+def _shuffle_consts(state, fn):
+  """`state` with fn applied to each Shuffle's constants ({'order', 'updates'})."""
+  flow = state.consts.get('flow')
+  if not flow:
+    return state
+  flow = {name: fn(c) if name.startswith('shuffle_') else c for name, c in flow.items()}
+  return state.replace(consts={**state.consts, 'flow': flow})
+
+
+def _without_counters(state):
+  return _shuffle_consts(state, lambda c: {k: v for k, v in c.items() if k != 'updates'})
+
+
+def _without_counters_of(abstract_fn, config):
+  return _without_counters(abstract_fn(config))
+
+
+def _with_counters(state):
+  step = state.step
+  return _shuffle_consts(
+      state, lambda c: {**c, 'updates': step + 0} if 'order' in c else c)  # own buffer
+
+
+def _counted_convert(clip, ema, saved_clip, state):
+  return _with_counters(convert(clip, ema, saved_clip, state))
 
 
 def convert(clip: bool, ema: bool, saved_clip: bool, state):

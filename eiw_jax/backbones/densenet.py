@@ -24,7 +24,7 @@ batch composition, and there are no batch statistics to carry. 'batch' is
 DenseFlow's own choice (`BatchNorm` below), for a faithful reproduction.
 
 `DenseBlock` (branch (a) on its own) is also the building block of DenseFlow's
-variational dequantizer (`eiw_jax.denseflow.DenseFlowDequantizer`).
+variational dequantizer (`eiw_jax.backbones.denseflow.DenseFlowDequantizer`).
 
 Convolutions use `eiw_jax.nets.Conv` (fast backward passes inside lax.scan on CPU).
 
@@ -36,6 +36,7 @@ bfloat16, and it is tiny.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
@@ -45,6 +46,22 @@ from flax import linen as nn
 from jax import lax
 
 from eiw_jax.nets import Conv
+
+
+NORMS = ('group', 'batch')
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSettings:
+  """The coupling network's settings (model.denseflow.net, plus model.denseflow.norm);
+  the defaults are DenseFlow-74-10's."""
+  hidden: int = 48
+  dense_growth: int = 64
+  depth: int = 7
+  embed: int = 24
+  num_landmarks: int = 4
+  newton_iters: int = 6
+  norm: str = 'group'   # NORMS: 'group' (per example) or 'batch' (DenseFlow's BatchNorm)
 
 class BatchNorm(nn.Module):
   """DenseFlow's BatchNorm (PyTorch's BatchNorm2d: momentum 0.1, eps 1e-5).
@@ -170,29 +187,23 @@ class DenseCouplingNet(nn.Module):
   Call: `net(x_a, context=None) -> h`, x_a [B, H, W, C_a] (context, if given,
   is concatenated on channels) -> h [B, H, W, hidden].
   """
-  hidden: int = 48
-  dense_growth: int = 64
-  depth: int = 7
-  embed: int = 24
-  num_landmarks: int = 4
-  newton_iters: int = 6
+  net: NetSettings = NetSettings()
   norm_eps: float = 1e-5
   dtype: Optional[Any] = None
-  norm: str = 'group'   # 'group' (per example) or 'batch' (DenseFlow's BatchNorm)
 
   @nn.compact
   def __call__(self, x, context: Optional[jnp.ndarray] = None):
+    s = self.net
     x = x.astype(self.dtype or jnp.float32)
     if context is not None:
       x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-    x = Conv(self.hidden, 1, dtype=self.dtype, name='in')(x)    # [B, H, W, hidden]
-    att = NystromAttention(self.embed, self.num_landmarks, self.newton_iters,
+    x = Conv(s.hidden, 1, dtype=self.dtype, name='in')(x)    # [B, H, W, hidden]
+    att = NystromAttention(s.embed, s.num_landmarks, s.newton_iters,
                            dtype=self.dtype, name='attention')(x)
-    dense = DenseBlock(self.hidden, self.depth, self.dense_growth, dtype=self.dtype,
-                       name='dense')(x)
+    dense = DenseBlock(s.hidden, s.depth, s.dense_growth, dtype=self.dtype, name='dense')(x)
     h = jnp.concatenate([att, dense], axis=-1)       # [B, H, W, 2 * hidden]
-    if self.norm == 'batch':
+    if s.norm == 'batch':
       h = BatchNorm(epsilon=self.norm_eps, name='norm')(h)
     else:
       h = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, dtype=self.dtype, name='norm')(h)
-    return Conv(self.hidden, 1, use_bias=False, dtype=self.dtype, name='mix')(nn.relu(h))
+    return Conv(s.hidden, 1, use_bias=False, dtype=self.dtype, name='mix')(nn.relu(h))

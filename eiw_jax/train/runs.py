@@ -7,13 +7,12 @@ import json
 import os
 from typing import Optional
 
-import ml_collections
 
-from eiw_jax import checkpoint, config_lib
-from eiw_jax.builder import LEGACY_VALUES
-from eiw_jax.checkpoint import Checkpointer
+from eiw_jax.train import checkpoint
+from eiw_jax.train import config as config_lib
+from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
-from eiw_jax.train_lib import Trainer
+from eiw_jax.train.trainer import Trainer
 
 
 def saved_config(workdir: Optional[str]):
@@ -23,19 +22,11 @@ def saved_config(workdir: Optional[str]):
     raise UserError(f'no config given and none saved in {workdir!r}; pass --config=configs/<dataset>.py')
   try:
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
+    return config_lib.upgrade(saved)  # today's keys, the run's meaning
   except (OSError, ValueError, TypeError, AttributeError) as e:  # unreadable, not JSON, not a dict
     raise UserError(f'{path} is unreadable ({" ".join(str(e).split())}); pass '
                     '--config=configs/<dataset>.py with the values the run used') from e
-  # Optimiser keys added since the run was saved take today's defaults (they do not
-  # change the state's structure); those whose absence means old behaviour stay absent.
-  defaults = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
-                                    train_steps=1).optim
-  if 'optim' in config:
-    for key, value in defaults.items():
-      if key not in config.optim and f'optim.{key}' not in LEGACY_VALUES:
-        config.optim[key] = value
-  return config
 
 
 def load_for_eval(config, workdir: str):
@@ -44,7 +35,7 @@ def load_for_eval(config, workdir: str):
   Read-only: writes, moves and deletes nothing under `workdir` (a trainer may be
   saving there at the same time; its unfinished save is skipped, not removed).
   """
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config)
   restored = None
   if checkpoint.has_checkpoint(workdir):
     ckpt = Checkpointer(workdir, max_to_keep=None, config=config, read_only=True)

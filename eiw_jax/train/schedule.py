@@ -27,8 +27,8 @@ import jax.numpy as jnp
 def flow_lr_schedule(optim) -> Callable:
   """The schedule for the flow's optimiser from `config.optim` (see module doc)."""
   lr, warmup = optim.lr, max(int(optim.warmup_steps), 1)
-  after = int(optim.get('finetune_after', 0))
-  finetune_lr = optim.get('finetune_lr', lr)
+  after = int(optim.finetune_after)
+  finetune_lr = optim.finetune_lr
 
   def schedule(step):
     rate = lr * jnp.minimum(1.0, (step + 1) / warmup)

@@ -40,26 +40,26 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from eiw_jax import noise as per_image
-from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
-                               sum_event, unsqueeze, zero_logdet)
+from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute, compose,
+                               sum_event, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.densenet import DenseBlock, DenseCouplingNet
+from eiw_jax.backbones.densenet import NORMS, DenseCouplingNet, NetSettings
 from eiw_jax.dequant import standard_normal_logpdf
+from eiw_jax.errors import UserError
 from eiw_jax.nets import Conv
 
 
 def denseflow_74_10() -> dict:
   """DenseFlow-74-10's hyperparameters (DenseFlow README, CIFAR-10/ImageNet).
 
-  `net` holds the fields shared by `DenseCouplingNet`, `DenseFlowModule` and
-  `DenseFlowScale`; `dequant` the fields of `DenseFlowDequantizer`. Scale k is
-  `DenseFlowScale(num_units=units[k], num_modules=modules[k], growth=growth,
-  cross_hidden_mult=cross_hidden_mult, norm=norm, **net)`.
+  `net` (with `norm`) is the coupling network's `NetSettings`; `dequant` the
+  fields of `DenseFlowDequantizer`. Scale k is `DenseFlowScale(num_units=units[k],
+  num_modules=modules[k], growth=growth, cross_hidden_mult=cross_hidden_mult,
+  net=NetSettings(**net, norm=norm))` (`body` below).
   """
   return dict(
       units=(6, 4, 1),
@@ -83,24 +83,14 @@ class DenseFlowModule(Bijector):
   on-device slogdet (`lu=False`, DenseFlow's parametrisation and parameter
   count); `lu=True` uses the LU form.
   """
-  hidden: int = 48
-  dense_growth: int = 64
-  depth: int = 7
-  embed: int = 24
-  num_landmarks: int = 4
-  newton_iters: int = 6
+  net: NetSettings = NetSettings()
   lu: bool = False
   log_scale_bound: float = 2.0
   dtype: Optional[Any] = None
-  norm: str = 'group'   # the coupling network's normalisation (eiw_jax.densenet)
 
   @nn.compact
   def __call__(self, x, inverse=False, **unused):
-    net = functools.partial(
-        DenseCouplingNet, hidden=self.hidden, dense_growth=self.dense_growth,
-        depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
-        newton_iters=self.newton_iters, dtype=self.dtype,
-        norm=self.norm)
+    net = functools.partial(DenseCouplingNet, net=self.net, dtype=self.dtype)
     layers = [
         ActNorm(name='actnorm'),
         InvConv1x1(lu=self.lu, name='invconv'),
@@ -108,11 +98,7 @@ class DenseFlowModule(Bijector):
                  out_kernel=1, name='coupling'),
         Permute('swap', name='switch'),
     ]
-    total = zero_logdet(x)
-    for layer in (reversed(layers) if inverse else layers):
-      x, logdet = layer(x, inverse=inverse)
-      total = total + logdet
-    return x, total
+    return compose(layers, x, inverse)
 
 
 class CrossUnitCoupling(Bijector):
@@ -174,26 +160,16 @@ class DenseFlowScale(Bijector):
   num_modules: int
   growth: int = 10
   cross_hidden_mult: int = 4
-  hidden: int = 48
-  dense_growth: int = 64
-  depth: int = 7
-  embed: int = 24
-  num_landmarks: int = 4
-  newton_iters: int = 6
+  net: NetSettings = NetSettings()
   lu: bool = False
   log_scale_bound: float = 2.0
   invertible_grad: bool = False
   remat: str = 'convs'  # bijectors.scan.REMAT_POLICIES
   dtype: Optional[Any] = None
-  norm: str = 'group'
 
   def _unit(self, i, x, inverse):
-    module = functools.partial(
-        DenseFlowModule, hidden=self.hidden, dense_growth=self.dense_growth,
-        depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
-        newton_iters=self.newton_iters, lu=self.lu,
-        log_scale_bound=self.log_scale_bound, dtype=self.dtype,
-        norm=self.norm)
+    module = functools.partial(DenseFlowModule, net=self.net, lu=self.lu,
+                               log_scale_bound=self.log_scale_bound, dtype=self.dtype)
     return Repeat(module, self.num_modules, self.invertible_grad, self.remat, name=f'unit{i}')(
         x, inverse=inverse)
 
@@ -241,78 +217,44 @@ class DenseFlowScale(Bijector):
     return x, total
 
 
-class _DequantCouplingNet(nn.Module):
-  """DenseFlow's dequantizer coupling features: 1x1 conv on concat(x_a,
-  context) -> hidden, then a residual gated dense block."""
-  hidden: int = 64
-  depth: int = 4
-  growth: int = 64
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x, context=None):
-    x = x.astype(self.dtype or jnp.float32)
-    if context is not None:
-      x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-    h = Conv(self.hidden, 1, dtype=self.dtype, name='in')(x)   # [B, H/2, W/2, hidden]
-    return h + DenseBlock(self.hidden, self.depth, self.growth, dtype=self.dtype,
-                          name='dense')(h)
+def model_defaults() -> dict:
+  """DenseFlow-74-10, the paper's backbone (Table 4's parameter counts): three scales, learned base,
+  variational dequantizer, plain 1x1 convolutions."""
+  return dict(num_scales=3, lu=False, learned_base=True, dequantizer='variational',
+              denseflow=denseflow_74_10())
 
 
-class DenseFlowDequantizer(nn.Module):
-  """DenseFlow's variational dequantizer q(u | x) (Flow++, Ho et al. 2019, §3.1).
+def check(m) -> None:
+  """model.denseflow's values (UserError, one line)."""
+  d = m.denseflow
+  if 'units' not in d:
+    raise UserError("model.backbone='denseflow' needs the model.denseflow settings, which "
+                    'this config lacks; use a DenseFlow config (configs/cifar10.py)')
+  if len(d.units) != m.num_scales:
+    raise UserError(f'model.denseflow.units has {len(d.units)} scales but '
+                    f'model.num_scales={m.num_scales}; make them agree')
+  if d.norm not in NORMS:
+    raise UserError(f"model.denseflow.norm must be 'group' or 'batch', got {d.norm!r}; "
+                    "set --config.model.denseflow.norm=group")
+  if d.norm == 'batch' and m.invertible_grad:
+    raise UserError("model.denseflow.norm='batch' needs the stored activations of ordinary "
+                    'backprop; set --config.model.invertible_grad=False')
 
-  `__call__(x, num_bits, eps=None) -> (u, log_q)`: x integer [B,H,W,C] in
-  [0, 2**num_bits); u float32 (0, 1)^{H,W,C}; log_q [B] = log q(u | x).
 
-  Context: x -> 2x / (2**b - 1) - 1 -> gated dense block (C -> hidden) -> 2x2
-  stride-2 conv -> gated dense block (-> context_channels)   # [B,H/2,W/2,64]
-  Flow on squeezed noise [B,H/2,W/2,4C]: eps ~ N(0, I) ('dequant' stream, or
-  the explicit `eps`), z = loc + exp(log_scale) * eps (DenseFlow's learned
-  per-channel base, zero-initialised), `num_steps` x [1x1 conv, conditional
-  affine coupling], a last 1x1 conv, unsqueeze, sigmoid. log_q is
-  log N(eps; 0, I) minus the logdet of eps -> u.
-  """
-  num_steps: int = 4
-  hidden: int = 64
-  depth: int = 4
-  growth: int = 64
-  context_channels: int = 64
-  context_depth: int = 4
-  context_growth: int = 16
-  lu: bool = False
-  log_scale_bound: float = 2.0
-  dtype: Optional[Any] = None
+def body(m, dtype):
+  """`body(k, name)`: DenseFlow scale k (its units, modules and cross-unit couplings)."""
+  d = m.denseflow
+  net = NetSettings(**d.net.to_dict(), norm=d.norm)
 
-  @nn.compact
-  def __call__(self, x, num_bits: int, eps: Optional[jnp.ndarray] = None):
-    b, h, w, c = x.shape
-    xf = 2.0 * x.astype(jnp.float32) / (2 ** num_bits - 1) - 1.0
-    ctx = DenseBlock(self.hidden, self.context_depth, self.context_growth, dtype=self.dtype,
-                     name='context_in')(xf)             # [B, H, W, hidden]
-    ctx = nn.Conv(self.hidden, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype,
-                  name='context_down')(ctx)             # [B, H/2, W/2, hidden]
-    ctx = DenseBlock(self.context_channels, self.context_depth, self.context_growth,
-                     dtype=self.dtype, name='context_out')(ctx)  # [B, H/2, W/2, ctx]
+  def make(k, name):
+    return DenseFlowScale(num_units=d.units[k], num_modules=d.modules[k], growth=d.growth,
+                          cross_hidden_mult=d.cross_hidden_mult, net=net, lu=m.lu,
+                          log_scale_bound=m.log_scale_bound, invertible_grad=m.invertible_grad,
+                          remat=m.remat, dtype=dtype, name=name)
+  return make
 
-    shape = (b, h // 2, w // 2, 4 * c)
-    if eps is None:
-      eps = per_image.normal(self.make_rng('dequant'), shape, jnp.float32)
-    loc = self.param('base_loc', nn.initializers.zeros, (4 * c,))
-    log_scale = self.param('base_log_scale', nn.initializers.zeros, (4 * c,))
-    z = loc + jnp.exp(log_scale) * eps                  # [B, H/2, W/2, 4C]
-    log_q = standard_normal_logpdf(eps) - jnp.sum(log_scale) * (h // 2) * (w // 2)
-    net = functools.partial(_DequantCouplingNet, hidden=self.hidden,
-                            depth=self.depth, growth=self.growth, dtype=self.dtype)
-    for s in range(self.num_steps):
-      z, logdet = InvConv1x1(lu=self.lu, name=f'invconv{s}')(z)
-      log_q = log_q - logdet
-      z, logdet = Coupling(conditioner=net, log_scale_bound=self.log_scale_bound,
-                           out_kernel=1, name=f'coupling{s}')(z, context=ctx)
-      log_q = log_q - logdet
-    z, logdet = InvConv1x1(lu=self.lu, name=f'invconv{self.num_steps}')(z)
-    log_q = log_q - logdet
-    z = unsqueeze(z)                                    # [B, H, W, C]
-    # log sigmoid'(z) = -softplus(-z) - softplus(z)
-    log_q = log_q + sum_event(jax.nn.softplus(-z) + jax.nn.softplus(z))
-    return jax.nn.sigmoid(z), log_q
+
+def dequantizer(m, dtype):
+  """DenseFlow's own variational dequantizer (model.denseflow.dequant)."""
+  from eiw_jax.backbones.denseflow_dequant import DenseFlowDequantizer  # pylint: disable=g-import-not-at-top
+  return DenseFlowDequantizer(**m.denseflow.dequant.to_dict(), dtype=dtype)

@@ -6,7 +6,7 @@ source or tfds and returns a `Split` of uint8 NHWC images reduced to `num_bits`.
 s depends only on (seed, s), so training resumes bit-exactly with start_step=s
 and the batch is the same whatever the number of hosts.
 
-Sources (`dcfg.source`, readers in `eiw_jax.data_sources`): 'idx' (MNIST-format
+Sources (`dcfg.source`, readers in `eiw_jax.data.sources`): 'idx' (MNIST-format
 files), 'npz' (downsampled-ImageNet batches, or train.npz/test.npz holding
 `images` NHWC and optional `labels`), 'pickle' (CIFAR-10's python batches in
 cifar-10-batches-py/), 'folder' (image files), 'tfds' (prepared data only unless
@@ -25,17 +25,33 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from eiw_jax import augment as augmentation
-from eiw_jax.data_sources import (  # read_idx etc. are re-exported
-    CIFAR_SUBDIR, IMAGE_EXTS, LOADERS, TFDS_NAMES, check_shape, cifar_dir,
-    expand, idx_files, read_idx, synthetic_images, tfds_default_dir,
-    tfds_prepared)
+from eiw_jax.data import augment as augmentation
+from eiw_jax.data.folder import IMAGE_EXTS
+from eiw_jax.data.sources import CIFAR_SUBDIR, LOADERS, check_shape, cifar_dir, idx_files
+from eiw_jax.data.tfds_source import TFDS_NAMES, expand, tfds_default_dir, tfds_prepared
 from eiw_jax.errors import UserError
 
 NAMES = ('mnist', 'fashion_mnist', 'cifar10', 'celeba', 'imagenet32',
          'imagenet64', 'synthetic')
 SOURCES = ('auto', 'tfds', 'idx', 'npz', 'pickle', 'folder', 'synthetic')
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+def defaults(name: str, image_size: int, channels: int, batch_size: int) -> dict:
+  """The `config.data` keys for dataset `name`."""
+  return dict(name=name, source='auto', dir='', download=False, image_size=image_size,
+              channels=channels, num_bits=8, batch_size=batch_size, num_synthetic=512,
+              augment='none')  # training-set augmentation (augment.py)
+
+
+def _complete(dcfg):
+  """`dcfg` with every data key: a group written by hand may leave out the ones
+  whose defaults it wants."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  full = ml_collections.ConfigDict(defaults(dcfg.name, dcfg.image_size, dcfg.channels,
+                                            dcfg.get('batch_size', 1)))
+  full.update(dcfg)
+  return full
 
 
 @dataclasses.dataclass
@@ -48,7 +64,8 @@ def load_split(dcfg, split: str) -> Split:
   """Loads split 'train' or 'test' of `dcfg.name`, validated and bit-reduced."""
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  name, source = dcfg.name, dcfg.get('source', 'auto')
+  dcfg = _complete(dcfg)
+  name, source = dcfg.name, dcfg.source
   if name not in NAMES:
     raise UserError(f'unknown dataset {name!r}; set --config.data.name to one '
                     f'of {", ".join(NAMES)}')
@@ -61,7 +78,7 @@ def load_split(dcfg, split: str) -> Split:
   if source == 'auto':
     source, where = _resolve_auto(dcfg)
   else:
-    where = expand(dcfg.get('dir', '')) if source != 'tfds' else ''
+    where = expand(dcfg.dir) if source != 'tfds' else ''
     if source in ('idx', 'npz', 'pickle', 'folder') and not where:
       raise UserError(f'{name}: source {source!r} needs a directory; pass '
                       '--config.data.dir=DIR')
@@ -80,11 +97,6 @@ def load_split(dcfg, split: str) -> Split:
   return Split(images, labels)
 
 
-def steps_per_epoch(split: Split, batch_size: int) -> int:
-  """Full global batches per epoch (the incomplete last one is dropped)."""
-  return len(split.images) // batch_size
-
-
 def batches(split: Split, batch_size: int, *, seed: int, start_step: int = 0,
             process_index: int = 0, process_count: int = 1,
             shuffle: bool = True, repeat: bool = True,
@@ -98,7 +110,7 @@ def batches(split: Split, batch_size: int, *, seed: int, start_step: int = 0,
   padded, so with several hosts a host's final slice may be short or empty
   (every host still yields the same number of batches). `prefetch` batches are
   prepared by a daemon thread that stops when the iterator is closed or dropped.
-  `augment` (config.data.augment, `eiw_jax.augment`) transforms each row as a
+  `augment` (config.data.augment, `eiw_jax.data.augment`) transforms each row as a
   function of (seed, global batch index, row in the global batch).
   """
   n = len(split.images)
@@ -213,7 +225,7 @@ def _detect(dcfg, d):
 
 def _resolve_auto(dcfg):
   """(source, directory) for source='auto'; never writes to disk."""
-  name, d = dcfg.name, expand(dcfg.get('dir', ''))
+  name, d = dcfg.name, expand(dcfg.dir)
   if name == 'synthetic':
     return 'synthetic', ''
   if d:
@@ -228,7 +240,7 @@ def _resolve_auto(dcfg):
     return kind, d
   if name == 'fashion_mnist' and len(idx_files(DEBIAN_FASHION_MNIST_DIR)) == 4:
     return 'idx', DEBIAN_FASHION_MNIST_DIR
-  if tfds_prepared(name, tfds_default_dir()) or dcfg.get('download', False):
+  if tfds_prepared(name, tfds_default_dir()) or dcfg.download:
     return 'tfds', ''
   raise UserError(_missing_message(name))
 

@@ -44,9 +44,9 @@ from eiw_jax.errors import UserError
 
 def initialize(train) -> None:
   """`jax.distributed.initialize` from the train.* keys (UserError on bad values)."""
-  address = train.get('coordinator_address', '')
-  num, pid = train.get('num_processes', 0), train.get('process_id', -1)
-  timeout = train.get('heartbeat_timeout_s', 100)
+  address = train.coordinator_address
+  num, pid = train.num_processes, train.process_id
+  timeout = train.heartbeat_timeout_s
   if not isinstance(timeout, int) or timeout < 1:
     raise UserError(f'train.heartbeat_timeout_s must be an integer >= 1, got {timeout!r}; '
                     'set --config.train.heartbeat_timeout_s=100')

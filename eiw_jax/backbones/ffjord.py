@@ -56,7 +56,8 @@ from flax import linen as nn
 from jax import lax
 
 from eiw_jax import noise as per_image
-from eiw_jax.bijectors import ActNorm, Bijector, sum_event, zero_logdet
+from eiw_jax.bijectors import ActNorm, Bijector, compose, sum_event, zero_logdet
+from eiw_jax.errors import UserError, positive_int
 
 SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5, 'bosh3': diffrax.Bosh3,
            'heun': diffrax.Heun, 'euler': diffrax.Euler}
@@ -257,8 +258,72 @@ class FFJORDScale(Bijector):
       if self.actnorm:
         layers.append(ActNorm(name=f'actnorm_{i}'))
       layers.append(CNFBlock(**(self.block or {}), name=f'cnf_{i}'))
-    total = zero_logdet(x)
-    for layer in (reversed(layers) if inverse else layers):
-      x, logdet = layer(x, inverse=inverse, **kwargs)
-      total = total + logdet
-    return x, total
+    return compose(layers, x, inverse, **kwargs)
+
+
+_CHOICES = dict(solver=tuple(SOLVERS), trace=TRACES, probe=PROBES, adjoint=ADJOINTS,
+                time_layer=TIME_LAYERS)
+
+
+def model_defaults() -> dict:
+  """A multi-scale FFJORD with the Shuffle at its transitions: the discrete backbone's
+  assembly around CNF scale bodies, uniform dequantization, no initial squeeze (the
+  first CNF sees the image)."""
+  return dict(initial_squeeze=False, ffjord=ffjord_defaults())
+
+
+def check(m) -> None:
+  """model.ffjord holds every key of ffjord_defaults() with a usable value."""
+  f = m.ffjord
+  defaults = ffjord_defaults()
+  if not f:
+    raise UserError("model.backbone='ffjord' needs the model.ffjord settings, which this "
+                    "config lacks; start from eiw_jax.model_config(backbone='ffjord') or "
+                    'configs/cifar10.py:ffjord')
+  unknown = sorted(set(f.keys()) - set(defaults))
+  if unknown:
+    raise UserError(f'unknown key model.ffjord.{unknown[0]}; the keys are: {", ".join(defaults)}')
+  missing = [k for k in defaults if k not in f]
+  if missing:
+    raise UserError(f'model.ffjord has no key {missing[0]!r}; set --config.model.ffjord.'
+                    f'{missing[0]}={defaults[missing[0]]}')
+  for key, allowed in _CHOICES.items():
+    if f[key] not in allowed:
+      raise UserError(f'model.ffjord.{key} must be one of {", ".join(allowed)}, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}={defaults[key]}')
+  for key in ('blocks', 'hidden', 'layers', 'max_steps'):
+    if not positive_int(f[key]):
+      raise UserError(f'model.ffjord.{key} must be an integer >= 1, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}={defaults[key]}')
+  for key in ('kinetic_weight', 'jacobian_weight'):
+    if not 0 <= f[key] < float('inf'):
+      raise UserError(f'model.ffjord.{key} must be >= 0 and finite, got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}=0 (off)')
+  if f.jacobian_weight and f.trace != 'hutchinson':
+    raise UserError("model.ffjord.jacobian_weight > 0 needs model.ffjord.trace='hutchinson'; "
+                    'set --config.model.ffjord.trace=hutchinson')
+  for key in ('rtol', 'atol'):
+    if not 0 < f[key] < 1:
+      raise UserError(f'model.ffjord.{key} must be in (0, 1), got {f[key]!r}; '
+                      f'set --config.model.ffjord.{key}=1e-5')
+  if not isinstance(f.fixed_steps, int) or f.fixed_steps < 0:
+    raise UserError(f'model.ffjord.fixed_steps must be an integer >= 0 (0: adaptive), got '
+                    f'{f.fixed_steps!r}; set --config.model.ffjord.fixed_steps=0')
+  if f.fixed_steps and f.fixed_steps > f.max_steps:
+    raise UserError(f'model.ffjord.fixed_steps={f.fixed_steps} exceeds model.ffjord.max_steps='
+                    f'{f.max_steps}; raise max_steps')
+  if m.compute_dtype != 'float32':
+    raise UserError("model.backbone='ffjord' solves its ODE in float32; set "
+                    '--config.model.compute_dtype=float32')
+
+
+def body(m, dtype):
+  """`body(k, name)`: scale k's CNF blocks (every scale has the same structure)."""
+  del dtype  # the ODE is solved in float32 (check refuses another compute dtype)
+  settings = m.ffjord.to_dict()
+  blocks, actnorm = settings.pop('blocks'), settings.pop('actnorm')
+
+  def make(k, name):
+    del k
+    return FFJORDScale(blocks=blocks, actnorm=actnorm, block=settings, name=name)
+  return make
