@@ -105,7 +105,7 @@ def validate(config) -> None:
   check_structure(config)
   m, d = config.model, config.data
   if not positive_int(m.num_scales):
-    raise UserError(f'model.num_scales must be an integer >= 1, got {m.num_scales!r}; '
+    raise UserError(f'model.num_scales must be >= 1 (an integer), got {m.num_scales!r}; '
                     'set --config.model.num_scales=2')
   if not 0 <= m.kl_weight < float('inf'):  # NaN too
     raise UserError(f'model.kl_weight (lambda) must be >= 0 and finite, got {m.kl_weight}; '

@@ -180,7 +180,7 @@ def test_second_trainer_is_refused_naming_the_first(copy):
 
 def test_a_killed_trainer_leaves_no_lock(tmp_path):
   code = ('import importlib.util, sys, time\n'
-          'spec = importlib.util.spec_from_file_location("w", "eiw_jax/workdir.py")\n'
+          'spec = importlib.util.spec_from_file_location("w", "eiw_jax/train/workdir.py")\n'
           'sys.modules["eiw_jax.errors"] = type(sys)("e"); sys.modules["eiw_jax.errors"].UserError = Exception\n'
           'w = importlib.util.module_from_spec(spec); spec.loader.exec_module(w)\n'
           f'w.Lock({str(tmp_path)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')

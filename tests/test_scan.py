@@ -13,6 +13,7 @@ from helpers import brute_force_logdet, perturb
 
 import eiw_jax
 from eiw_jax.backbones.denseflow import DenseFlowScale
+from eiw_jax.backbones.densenet import NetSettings
 from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.backbones.glow import GlowStep
 
@@ -85,8 +86,8 @@ def _glow_model_grads():
 
 def _denseflow_unit_grads():
   """One DenseFlow unit of 3 scanned modules (tiny widths)."""
-  unit = functools.partial(DenseFlowScale, num_units=1, num_modules=3, hidden=8, dense_growth=4,
-                           depth=1, embed=4)
+  unit = functools.partial(DenseFlowScale, num_units=1, num_modules=3,
+                           net=NetSettings(hidden=8, dense_growth=4, depth=1, embed=4))
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
   v = perturb(unit().init(jax.random.key(1), x, method='forward'), jax.random.key(2), 0.05)
 

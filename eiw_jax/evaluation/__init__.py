@@ -38,6 +38,14 @@ class EvalContext:
   rng: Any                        # a jax PRNG key
   load_split: Callable[[str], Split] = None  # 'train' | 'test' -> Split (cached)
 
+  def __post_init__(self):
+    """config.eval completed with the defaults of the options it leaves out."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    if self.config is not None:
+      config = ml_collections.ConfigDict(self.config.to_dict())
+      config.eval = {**defaults(), **dict(self.config.get('eval') or {})}
+      self.config = config
+
   @functools.cached_property
   def test(self) -> Split:
     return self.load_split('test')

@@ -21,7 +21,8 @@ from eiw_jax.flow import flatten_latents, unflatten_latents
 from eiw_jax.model import to_continuous
 
 def option(ctx, key: str):
-  """ctx.config.eval[key] (the run's config; the defaults when there is none)."""
+  """ctx.config.eval[key] (the run's config, completed by EvalContext; the defaults
+  when there is none)."""
   if ctx.config is None:
     from eiw_jax.evaluation import defaults  # pylint: disable=g-import-not-at-top
     return defaults()[key]
