@@ -14,6 +14,7 @@ import ml_collections
 from eiw_jax import ffjord, shuffle
 from eiw_jax.bijectors.scan import REMAT_POLICIES
 from eiw_jax.denseflow import DenseFlowDequantizer, DenseFlowScale, denseflow_74_10
+from eiw_jax.densenet import TOKENS
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
 from eiw_jax.errors import UserError
 from eiw_jax.flow import GlowScale, GlowStep, MultiScaleFlow
@@ -78,7 +79,7 @@ LEGACY_VALUES = {'model.shuffle_mode': 'kl', 'model.solver_input': 'count',
                  'model.denseflow.norm': 'group', 'model.shuffle_statistic': 'nll',
                  'model.shuffle_unit': 'channel', 'model.shuffle_halves': 'sorted',
                  'model.guider_min_width': 1, 'model.shuffle_permutations': [],
-                 'model.shuffle_seed': 0}
+                 'model.shuffle_seed': 0, 'model.denseflow.net.tokens': 'pixels'}
 NORMS = ('group', 'batch')
 # Model keys that old saved configs may lack (LEGACY_VALUES, or read with .get).
 LEGACY_KEYS = {name.split('.')[1] for name in LEGACY_VALUES if name.startswith('model.')} | {
@@ -150,6 +151,10 @@ def validate(config) -> None:
     if norm not in NORMS:
       raise UserError(f"model.denseflow.norm must be 'group' or 'batch', got {norm!r}; "
                       "set --config.model.denseflow.norm=group")
+    tokens = m.denseflow.net.get('tokens', 'pixels')
+    if tokens not in TOKENS:
+      raise UserError(f"model.denseflow.net.tokens must be 'pixels' or 'nchw_reshape', got "
+                      f"{tokens!r}; set --config.model.denseflow.net.tokens=pixels")
     if norm == 'batch' and m.invertible_grad:
       raise UserError("model.denseflow.norm='batch' needs the stored activations of ordinary "
                       'backprop; set --config.model.invertible_grad=False')

@@ -68,7 +68,7 @@ def denseflow_74_10() -> dict:
       cross_hidden_mult=4,          # cross-unit net width = 4 * its input channels
       norm='group',                 # coupling-net normalisation; DenseFlow's: 'batch'
       net=dict(hidden=48, dense_growth=64, depth=7, embed=24, num_landmarks=4,
-               newton_iters=6),
+               newton_iters=6, tokens='pixels'),  # DenseFlow's code: 'nchw_reshape'
       dequant=dict(num_steps=4, hidden=64, depth=4, growth=64,
                    context_channels=64, context_depth=4, context_growth=16),
   )
@@ -93,6 +93,7 @@ class DenseFlowModule(Bijector):
   log_scale_bound: float = 2.0
   dtype: Optional[Any] = None
   norm: str = 'group'   # the coupling network's normalisation (eiw_jax.densenet)
+  tokens: str = 'pixels'  # its attention's tokens (eiw_jax.densenet.NystromAttention)
 
   @nn.compact
   def __call__(self, x, inverse=False, **unused):
@@ -100,7 +101,7 @@ class DenseFlowModule(Bijector):
         DenseCouplingNet, hidden=self.hidden, dense_growth=self.dense_growth,
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
         newton_iters=self.newton_iters, dtype=self.dtype,
-        norm=self.norm)
+        norm=self.norm, tokens=self.tokens)
     layers = [
         ActNorm(name='actnorm'),
         InvConv1x1(lu=self.lu, name='invconv'),
@@ -186,6 +187,7 @@ class DenseFlowScale(Bijector):
   remat: str = 'convs'  # bijectors.scan.REMAT_POLICIES
   dtype: Optional[Any] = None
   norm: str = 'group'
+  tokens: str = 'pixels'
 
   def _unit(self, i, x, inverse):
     module = functools.partial(
@@ -193,7 +195,7 @@ class DenseFlowScale(Bijector):
         depth=self.depth, embed=self.embed, num_landmarks=self.num_landmarks,
         newton_iters=self.newton_iters, lu=self.lu,
         log_scale_bound=self.log_scale_bound, dtype=self.dtype,
-        norm=self.norm)
+        norm=self.norm, tokens=self.tokens)
     return Repeat(module, self.num_modules, self.invertible_grad, self.remat, name=f'unit{i}')(
         x, inverse=inverse)
 
