@@ -3,8 +3,6 @@
     DENSEFLOW_SRC=<clone of DenseFlow> python experiments/denseflow_reference.py small \
         --out=tests/data/denseflow_small.npz
     DENSEFLOW_SRC=<clone of DenseFlow> python experiments/denseflow_reference.py df74 --batch=8
-    DENSEFLOW_SRC=<clone of DenseFlow> python experiments/denseflow_reference.py files \
-        --out=tests/data
 
 Needs PyTorch and a clone of DenseFlow's public code (its setup.py does not
 install: the clone goes on sys.path, as ../shared/peer/README.md sets up); eiw_jax
@@ -35,15 +33,13 @@ ActNorms and BatchNorm averages come from one training-mode pass of DenseFlow's 
 on the images (`data_init`: 74 random ActNorms let the activations grow without bound).
 Both modes convert the weights (eiw_jax.denseflow_layout), run eiw_jax's float32
 model with the same noise, and print the largest differences: against DenseFlow's
-float64 run (the reference) and DenseFlow's own float32 run beside them. `files`
-writes the small PyTorch files of the tests (`write_files`).
+float64 run (the reference) and DenseFlow's own float32 run beside them.
+(experiments/denseflow_files.py writes the tests' other PyTorch files.)
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
-import io
 import json
 import math
 import os
@@ -317,79 +313,14 @@ def differences(ours: dict, ref: dict) -> dict:
   return out
 
 
-def write_files(directory: str) -> None:
-  """Files of PyTorch's own format for tests/test_convert_denseflow.py, small by design:
-
-  denseflow_tiny_run/: a run directory as DenseFlow's train.py leaves it (args.pickle,
-    check/checkpoint.pt, gzipped here) for a tiny model (2 scales, units 2 1, modules
-    1 1, width 8, growth 2, CIFAR-10's arguments), every parameter and running
-    average constant (a function of its index, so the file compresses; the fixed
-    buffers keep DenseFlow's values), with an Adamax state after one step and both
-    schedulers' states, as its BaseExperiment.checkpoint_save writes them.
-  torch_views.pt: tensors that share, offset and stride their storages, in several dtypes.
-  """
-  import gzip
-  import pickle
-  from denseflow.optim.schedulers import LinearWarmupScheduler
-  run = os.path.join(directory, 'denseflow_tiny_run')
-  os.makedirs(os.path.join(run, 'check'), exist_ok=True)
-  args = argparse.Namespace(
-      epochs=400, seed=0, device='cuda', parallel=None, resume=None, name='tiny',
-      project='cifar10_8bit_densenet-flow', eval_every=1, check_every=10, log_tb=False,
-      log_wandb=False, dataset='cifar10', num_bits=8, batch_size=64, num_workers=4,
-      pin_memory=True, augmentation='eta', num_classes=10, growth_rate=2, checkpointing=False,
-      block_conf=[2, 1], layer_mid_chnls=[8, 8], layers_conf=[1, 1], optimizer='adamax',
-      lr=1e-3, warmup=5000, momentum=0.9, momentum_sqr=0.999, gamma=0.9975, use_grad_norm=0.0)
-  with open(os.path.join(run, 'args.pickle'), 'wb') as f:
-    pickle.dump(args, f)
-  model = get_model(args, data_shape=(3, 32, 32))
-  with torch.no_grad():
-    for i, (name, t) in enumerate(model.state_dict().items()):
-      if name.endswith('initialized'):
-        t.fill_(1)                          # ActNorm set up, as in any trained model
-      elif t.is_floating_point() and not name.endswith(_KEPT):
-        t.fill_((i % 97 + 1) / 64)          # exact in float32
-  optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
-  warmup = LinearWarmupScheduler(optimizer, total_epoch=5000)
-  decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9975)
-  for q in model.parameters():
-    q.grad = torch.ones_like(q)
-  optimizer.step()
-  warmup.step()
-  checkpoint = {'current_epoch': 10, 'train_metrics': {'bpd': [3.5, 3.4]},
-                'eval_metrics': {'bpd': [3.45]}, 'eval_epochs': [9],
-                'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                'scheduler_iter': warmup.state_dict(), 'scheduler_epoch': decay.state_dict()}
-  buffer = io.BytesIO()
-  torch.save(checkpoint, buffer)
-  with gzip.open(os.path.join(run, 'check', 'checkpoint.pt.gz'), 'wb', compresslevel=9) as f:
-    f.write(buffer.getvalue())
-  a = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-  views = collections.OrderedDict(
-      a=a, transposed=a.t(), offset=a[1:, 2:], strided=a[:, ::2], shared=a.view(6, 4),
-      half=torch.arange(5, dtype=torch.float16) / 4, bf16=torch.arange(3, dtype=torch.bfloat16),
-      long=torch.tensor(7), boolean=torch.tensor([True, False]), empty=torch.zeros(0, 3),
-      parameter=torch.nn.Parameter(torch.ones(2)))
-  torch.save({'views': views, 'args': argparse.Namespace(x=1)}, os.path.join(directory,
-                                                                            'torch_views.pt'))
-  for name in ('denseflow_tiny_run/args.pickle', 'denseflow_tiny_run/check/checkpoint.pt.gz',
-               'torch_views.pt'):
-    print(f'wrote {os.path.join(directory, name)} '
-          f'({os.path.getsize(os.path.join(directory, name)):,} bytes)')
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('config', choices=sorted(CONFIGS) + ['files'])
+  p.add_argument('config', choices=sorted(CONFIGS))
   p.add_argument('--batch', type=int, default=None, help='images (default: the config\'s)')
   p.add_argument('--seed', type=int, default=0, help='images and noise')
   p.add_argument('--temperature', type=float, default=0.8, help='of the latents (b)')
-  p.add_argument('--out', default=None, help='write the test fixture here (npz; for '
-                 "'files': the directory)")
+  p.add_argument('--out', default=None, help='write the test fixture here (npz)')
   a = p.parse_args()
-  if a.config == 'files':
-    write_files(a.out or 'tests/data')
-    return
   cfg = CONFIGS[a.config]
   if a.out and cfg['data_init']:
     sys.exit('--out: the fixture is of the small configuration, whose weights are all '

@@ -1,8 +1,9 @@
 """eiw_jax's DenseFlow on DenseFlow's weights computes what DenseFlow's code computes,
 and DenseFlow's checkpoints load without PyTorch and without running code (issue 27).
 
-tests/data holds DenseFlow's own outputs, written by experiments/denseflow_reference.py
-(PyTorch and DenseFlow's code, untouched; neither is needed here):
+tests/data holds files written by PyTorch and DenseFlow's own code, untouched
+(experiments/denseflow_reference.py, experiments/denseflow_files.py; neither is
+needed here):
 
 - denseflow_small.npz: a 3-scale DenseFlow (units 2 2 1, modules 2 1 1, width 8,
   growth 4, 16x16x3 images) with random weights, run in float64 on 4 fixed images
