@@ -20,9 +20,9 @@ by the base), the log-determinant of the dense blocks (with the augmentation
 terms), the dequantiser's log q and u, and the log-likelihood bound. Inverse: from
 (a) the forward latents and (b) latents drawn at temperature 0.8 (--temperature),
 DenseFlow's sampler (Flow.sample, its transitions' and base's draws fed the same
-way) gives y before and the integer image after quantisation. Each is computed twice: in
-float32, and in float64 (model.double(); the context net's input cast, which
-DenseFlow hard-codes as float(), made double too; the totals summed in float64).
+way) gives y before and the integer image after quantisation. Each is computed
+twice: in float32, and in float64 (model.double(); the context net's input cast,
+which DenseFlow hard-codes as float(), made double too; the totals summed in float64).
 
 `small` (3 scales, units 2 2 1, modules 2 1 1, width 8, growth 4, 16x16x3, batch 4)
 writes the fixture of tests/test_convert_denseflow.py: the weight recipe with a
