@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eiw_jax.backbones.densenet import DenseCouplingNet, NetSettings, newton_pinv
+from eiw_jax.backbones.densenet import DenseCouplingNet, NetSettings, NystromAttention, newton_pinv
 from eiw_jax.nets import conv_same
 from eiw_jax.backbones.denseflow import (CrossUnitCoupling, DenseFlowModule, DenseFlowScale,
                                          denseflow_74_10)
@@ -106,6 +106,68 @@ def test_coupling_net_param_count_matches_denseflow():
               + 96 * 48)                           # mix conv, no bias
   net = DenseCouplingNet(net=PAPER_NET)
   assert param_count(net, jnp.zeros((1, 16, 16, 6))) == expected == 1_569_128
+
+
+def _nystrom_numpy(x, p, embed, landmarks, iters, channel_major):
+  """Nystrom attention in float64 numpy, index by index. channel_major: DenseFlow's
+  token i holds flat positions 3E*i .. 3E*(i+1)-1 of the [3E, H, W] qkv array (read
+  as c*H*W + r*W + s), and its output is written back to [E, H, W] the same way."""
+  b, h, w, _ = x.shape
+  n, e = h * w, embed
+  qkv = x @ p['qkv']['kernel'][0, 0] + p['qkv']['bias']            # [B, H, W, 3E]
+  tokens = np.zeros((b, n, 3 * e))
+  for bi in range(b):
+    for i in range(n):
+      for f in range(3 * e):
+        if channel_major:
+          c, pos = divmod(3 * e * i + f, n)
+          tokens[bi, i, f] = qkv[bi, pos // w, pos % w, c]
+        else:
+          tokens[bi, i, f] = qkv[bi, i // w, i % w, f]
+  q, k, v = tokens[..., :e], tokens[..., e:2 * e], tokens[..., 2 * e:]
+  seg = lambda t: t.reshape(b, landmarks, n // landmarks, e).mean(axis=2) / math.sqrt(n)
+  softmax = lambda a: np.exp(a - a.max(-2, keepdims=True)) / np.exp(
+      a - a.max(-2, keepdims=True)).sum(-2, keepdims=True)
+  k1 = softmax(q @ seg(k).transpose(0, 2, 1))
+  k2 = softmax(seg(q) @ seg(k).transpose(0, 2, 1))
+  k3 = softmax(seg(q) @ k.transpose(0, 2, 1))
+  inv = []
+  for m in k2:   # the Newton iteration for the pseudo-inverse, as Nystromformer's Eq. 16
+    eye = np.eye(len(m))
+    z = m.T / (np.abs(m).sum(0).max() * np.abs(m).sum(1).max())
+    for _ in range(iters):
+      km = m @ z
+      z = 0.25 * z @ (13 * eye - km @ (15 * eye - km @ (7 * eye - km)))
+    inv.append(z)
+  out = k1 @ np.stack(inv) @ (k3 @ v) + v                          # [B, N, E]
+  image = np.zeros((b, h, w, e))
+  for bi in range(b):
+    for i in range(n):
+      for f in range(e):
+        if channel_major:
+          c, pos = divmod(e * i + f, n)
+          image[bi, pos // w, pos % w, c] = out[bi, i, f]
+        else:
+          image[bi, i // w, i % w, f] = out[bi, i, f]
+  return image @ p['out']['kernel'][0, 0] + p['out']['bias']
+
+
+def test_attention_tokens_are_pixels_or_denseflows_nchw_reshape():
+  """tokens='nchw_reshape' computes DenseFlow's attention (its code reshapes NCHW to
+  tokens without a transpose); 'pixels', the default, attends over pixels; they differ."""
+  x = normal(30, (2, 4, 4, 6))
+  outs = {}
+  for tokens in ('pixels', 'nchw_reshape'):
+    layer = NystromAttention(embed=3, num_landmarks=4, newton_iters=6, tokens=tokens)
+    params = perturb(layer.init(key(31), x), 32, scale=0.3)['params']
+    outs[tokens] = layer.apply({'params': params}, x)
+    expected = _nystrom_numpy(np.asarray(x, np.float64),
+                              jax.tree.map(lambda a: np.asarray(a, np.float64), params),
+                              3, 4, 6, tokens == 'nchw_reshape')
+    np.testing.assert_allclose(outs[tokens], expected, rtol=1e-4, atol=1e-5)
+  assert np.max(np.abs(outs['pixels'] - outs['nchw_reshape'])) > 1e-2
+  with pytest.raises(ValueError, match='tokens must be one of'):
+    NystromAttention(tokens='rows').init(key(0), x)
 
 
 # ----- one module ----------------------------------------------------------------

@@ -47,7 +47,7 @@ from eiw_jax import noise as per_image
 from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute, compose,
                                sum_event, zero_logdet)
 from eiw_jax.bijectors.scan import Repeat
-from eiw_jax.backbones.densenet import NORMS, DenseCouplingNet, NetSettings
+from eiw_jax.backbones.densenet import NORMS, TOKENS, DenseCouplingNet, NetSettings
 from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.errors import UserError
 from eiw_jax.nets import Conv
@@ -68,7 +68,7 @@ def denseflow_74_10() -> dict:
       cross_hidden_mult=4,          # cross-unit net width = 4 * its input channels
       norm='group',                 # coupling-net normalisation; DenseFlow's: 'batch'
       net=dict(hidden=48, dense_growth=64, depth=7, embed=24, num_landmarks=4,
-               newton_iters=6),
+               newton_iters=6, tokens='pixels'),  # DenseFlow's code: 'nchw_reshape'
       dequant=dict(num_steps=4, hidden=64, depth=4, growth=64,
                    context_channels=64, context_depth=4, context_growth=16),
   )
@@ -236,6 +236,9 @@ def check(m) -> None:
   if d.norm not in NORMS:
     raise UserError(f"model.denseflow.norm must be 'group' or 'batch', got {d.norm!r}; "
                     "set --config.model.denseflow.norm=group")
+  if d.net.tokens not in TOKENS:
+    raise UserError(f"model.denseflow.net.tokens must be 'pixels' or 'nchw_reshape', got "
+                    f"{d.net.tokens!r}; set --config.model.denseflow.net.tokens=pixels")
   if d.norm == 'batch' and m.invertible_grad:
     raise UserError("model.denseflow.norm='batch' needs the stored activations of ordinary "
                     'backprop; set --config.model.invertible_grad=False')

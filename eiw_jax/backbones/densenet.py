@@ -62,6 +62,7 @@ class NetSettings:
   num_landmarks: int = 4
   newton_iters: int = 6
   norm: str = 'group'   # NORMS: 'group' (per example) or 'batch' (DenseFlow's BatchNorm)
+  tokens: str = 'pixels'  # TOKENS: the attention's token layout (NystromAttention)
 
 class BatchNorm(nn.Module):
   """DenseFlow's BatchNorm (PyTorch's BatchNorm2d: momentum 0.1, eps 1e-5).
@@ -148,12 +149,22 @@ def newton_pinv(k: jnp.ndarray, num_iters: int) -> jnp.ndarray:
   return v
 
 
+TOKENS = ('pixels', 'nchw_reshape')
+
+
 class NystromAttention(nn.Module):
   """DenseFlow's single-head Nystrom self-attention with a residual on v.
 
-  Tokens are pixels: [B, H, W, C] -> [B, H*W, C] in raster order. (DenseFlow's
-  PyTorch code reshapes an NCHW tensor to tokens without a transpose, which
-  mixes channels and pixels; here tokens = pixels, as the method intends.)
+  Tokens (`tokens`, config key model.denseflow.net.tokens):
+  - 'pixels' (the default): token i is pixel i in raster order, its features the
+    3E channels of the qkv conv there: [B, H, W, 3E] -> [B, H*W, 3E].
+  - 'nchw_reshape': DenseFlow's code. It reshapes the qkv conv's NCHW output
+    [B, 3E, H, W] to [B, H*W, 3E] without a transpose, so token i holds the 3E
+    consecutive values at flat positions 3E*i ... 3E*(i+1) - 1 of the channel-major
+    array (pieces of rows of one or a few channels), and q, k, v are its thirds;
+    the attention's output [B, H*W, E] is read back as [B, E, H, W] the same way.
+    A model converted from DenseFlow's weights needs it to compute DenseFlow's
+    function (eiw_jax/convert/).
   Landmarks are the means of `num_landmarks` consecutive token segments scaled
   by 1/sqrt(H*W); q and k themselves are not scaled. As in DenseFlow, every
   softmax normalises over the second-to-last axis of its score matrix.
@@ -162,6 +173,7 @@ class NystromAttention(nn.Module):
   num_landmarks: int = 4
   newton_iters: int = 6
   dtype: Optional[Any] = None
+  tokens: str = 'pixels'
 
   @nn.compact
   def __call__(self, x):
@@ -169,8 +181,13 @@ class NystromAttention(nn.Module):
     n, e, m = h * w, self.embed, self.num_landmarks
     if n % m:
       raise ValueError(f'{n} tokens do not split into {m} landmark segments')
-    qkv = Conv(3 * e, 1, dtype=self.dtype, name='qkv')(x).reshape(b, n, 3 * e)
-    q, k, v = jnp.split(qkv, 3, axis=-1)              # [B, N, E] each
+    if self.tokens not in TOKENS:
+      raise ValueError(f'tokens must be one of {TOKENS}, got {self.tokens!r}')
+    channel_major = self.tokens == 'nchw_reshape'
+    qkv = Conv(3 * e, 1, dtype=self.dtype, name='qkv')(x)          # [B, H, W, 3E]
+    if channel_major:
+      qkv = qkv.transpose(0, 3, 1, 2)                               # [B, 3E, H, W]
+    q, k, v = jnp.split(qkv.reshape(b, n, 3 * e), 3, axis=-1)       # [B, N, E] each
     q_l = q.reshape(b, m, n // m, e).mean(axis=2) / math.sqrt(n)   # [B, M, E]
     k_l = k.reshape(b, m, n // m, e).mean(axis=2) / math.sqrt(n)   # [B, M, E]
     k1 = jax.nn.softmax(jnp.einsum('bie,bje->bij', q, k_l), axis=-2)    # [B, N, M]
@@ -178,6 +195,8 @@ class NystromAttention(nn.Module):
     k3 = jax.nn.softmax(jnp.einsum('bie,bje->bij', q_l, k), axis=-2)    # [B, M, N]
     pinv = newton_pinv(k2.astype(jnp.float32), self.newton_iters).astype(k2.dtype)
     out = (k1 @ pinv) @ (k3 @ v) + v                                    # [B, N, E]
+    if channel_major:
+      out = out.reshape(b, e, h, w).transpose(0, 2, 3, 1)               # [B, H, W, E]
     return Conv(c, 1, dtype=self.dtype, name='out')(out.reshape(b, h, w, e))  # [B, H, W, C]
 
 
@@ -198,8 +217,8 @@ class DenseCouplingNet(nn.Module):
     if context is not None:
       x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
     x = Conv(s.hidden, 1, dtype=self.dtype, name='in')(x)    # [B, H, W, hidden]
-    att = NystromAttention(s.embed, s.num_landmarks, s.newton_iters,
-                           dtype=self.dtype, name='attention')(x)
+    att = NystromAttention(s.embed, s.num_landmarks, s.newton_iters, dtype=self.dtype,
+                           tokens=s.tokens, name='attention')(x)
     dense = DenseBlock(s.hidden, s.depth, s.dense_growth, dtype=self.dtype, name='dense')(x)
     h = jnp.concatenate([att, dense], axis=-1)       # [B, H, W, 2 * hidden]
     if s.norm == 'batch':
