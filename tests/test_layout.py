@@ -12,7 +12,7 @@ PACKAGE = os.path.join(ROOT, 'eiw_jax')
 LAYERS = [('model library', ('errors', 'checks', 'nets', 'noise', 'losses', 'bijectors', 'shuffle',
                              'backbones', 'flow', 'dequant', 'model', 'builder', 'api')),
           ('data', ('data',)), ('evaluation', ('evaluation',)), ('training', ('train',)),
-          ('scripts', ('cli', 'cpu_lapack'))]
+          ('scripts', ('cli', 'cpu_lapack', 'convert'))]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 
 
