@@ -1,8 +1,18 @@
-"""Shared test utilities: random non-identity parameters, brute-force log-dets, and
-what a compiled CPU program calls."""
+"""Shared test utilities: random non-identity parameters, brute-force log-dets, what a
+compiled CPU program calls, and the smoke runs of the training runtime's tests (their
+config, subprocess runs of train.py and eval.py, what a workdir holds)."""
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from eiw_jax import train as train_lib
+from eiw_jax.train.checkpoint import Checkpointer
 
 
 def perturb(variables, key, scale=0.2):
@@ -47,3 +57,113 @@ def commit_orders(model, variables):
 def ynn_fusions(compiled) -> int:
   """How many YNNPACK fusions a compiled CPU program calls."""
   return compiled.as_text().count('%ynn_fusion')
+
+
+# ----------------------------------------------------------- runs of the smoke config
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+NUM_STEPS = 10
+
+
+ARGS = ('--config=configs/fashion_mnist.py:smoke', '--config.data.source=synthetic',
+        f'--config.train.num_steps={NUM_STEPS}', '--config.train.checkpoint_every=1')
+
+
+def smoke_config(**train):
+  """The config that ARGS give train.py, with `train` overrides."""
+  spec = importlib.util.spec_from_file_location('fm', os.path.join(ROOT, 'configs/fashion_mnist.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config('smoke')
+  cfg.data.source = 'synthetic'
+  cfg.train.update(num_steps=NUM_STEPS, checkpoint_every=1)
+  cfg.train.update(train)
+  return cfg
+
+
+def run_script(env, *args):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def one_error(stderr):
+  lines = [l for l in stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'Traceback' not in stderr, stderr
+  return lines[0]
+
+
+def committed(workdir):
+  d = os.path.join(workdir, 'checkpoints')
+  names = os.listdir(d) if os.path.isdir(d) else []
+  return sorted(int(n) for n in names
+                if n.isdigit() and os.path.exists(os.path.join(d, n, 'commit_success.txt')))
+
+
+def snapshot(workdir):
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(workdir):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      out[os.path.relpath(path, workdir)] = (None if os.path.isdir(path) else
+                                             hashlib.sha256(open(path, 'rb').read()).hexdigest())
+  return out
+
+
+def saved_params(workdir, step=None):
+  """Checkpointed (params, opt_state) of `step` (default: the newest) as numpy."""
+  trainer = train_lib.Trainer(smoke_config())
+  with Checkpointer(workdir, max_to_keep=None) as ckpt:
+    state, _ = ckpt.restore(trainer.abstract_state(), step=step or ckpt.latest_step())
+  return jax.device_get((state.params, state.opt_state))
+
+
+def assert_bitwise(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def metrics_of(workdir):
+  records = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  for r in records:
+    del r['images_per_s'], r['input_wait_fraction']  # timings
+    if 'sample_grid' in r:
+      r['sample_grid'] = os.path.relpath(r['sample_grid'], workdir)
+  return records
+
+
+def corrupt(step_dir):
+  """Truncates every array file of a checkpoint to half its size."""
+  for dirpath, _, filenames in os.walk(os.path.join(step_dir, 'default')):
+    for name in filenames:
+      if os.sep + 'd' in dirpath:
+        path = os.path.join(dirpath, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+
+
+RUN_STEPS = 2  # the shared short run (conftest.run)
+
+
+def run_config_of(**changes):
+  """The shared run's config; `changes` are dotted keys ('optim.lr')."""
+  cfg = smoke_config(num_steps=RUN_STEPS)
+  for key, value in changes.items():
+    group, name = key.split('.')
+    cfg[group][name] = value
+  return cfg
+
+
+def no_eval_hook(self, step, state):
+  del self, step, state
+  return {}
+
+
+def restore_run(workdir, cfg, step=None, **kwargs):
+  trainer = train_lib.Trainer(cfg)
+  with Checkpointer(workdir, max_to_keep=None, **kwargs) as ckpt:
+    return ckpt.restore(trainer.abstract_state(), step=step,
+                        adapters=trainer.restore_adapters())

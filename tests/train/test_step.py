@@ -20,7 +20,7 @@ from eiw_jax import api, data
 from eiw_jax import train as train_lib
 from eiw_jax.train.sharding import DATA_AXIS
 
-from test_robustness import ARGS, ROOT, smoke_config
+from helpers import ARGS, ROOT, smoke_config
 
 NUM_STEPS = 3
 FOUR_DEVICES = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
@@ -68,7 +68,8 @@ def dump(path):
 def many_devices(tmp_path_factory):
   """Starts the multi-device runs; the 1-device run compiles meanwhile."""
   path = tmp_path_factory.mktemp('devices') / 'many.npz'
-  code = f'import sys; sys.path.insert(0, "tests"); import test_devices; test_devices.dump({str(path)!r})'
+  code = (f'import sys; sys.path[:0] = ["tests", "tests/train"]; import test_step; '
+          f'test_step.dump({str(path)!r})')
   proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=EIGHT_DEVICES,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   yield lambda: (proc.communicate(timeout=600)[0], proc.returncode, path)

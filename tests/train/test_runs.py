@@ -14,7 +14,7 @@ from eiw_jax import data
 from eiw_jax import train as train_lib
 from eiw_jax.train import runs
 
-FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'legacy_run')
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'legacy_run')
 
 
 @pytest.fixture(scope='module')

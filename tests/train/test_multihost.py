@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 from eiw_jax import train as train_lib
-from test_robustness import (ROOT, _assert_bitwise, _committed, _metrics, _params,
-                             smoke_config)
+from helpers import ROOT, assert_bitwise, committed, metrics_of, saved_params, smoke_config
 
 NUM_STEPS = 30
 TRAIN = dict(num_steps=NUM_STEPS, checkpoint_every=2, log_every=1, eval_every=NUM_STEPS)
@@ -131,10 +130,10 @@ def test_two_processes_match_one(two, one):
   rows (data.batches' per-process shard, tests/test_data.py) and they add up to them."""
   workdir, run, codes = two
   assert codes == [0, 0], run.output(0)[-3000:] + run.output(1)[-3000:]
-  ours, theirs = _metrics(workdir), _metrics(one)
+  ours, theirs = metrics_of(workdir), metrics_of(one)
   assert [r['step'] for r in ours] == [r['step'] for r in theirs] == list(range(1, NUM_STEPS + 1))
   np.testing.assert_allclose([r['loss'] for r in ours], [r['loss'] for r in theirs], rtol=1e-5)
-  for a, b in zip(*(jax.tree.leaves(_params(w)) for w in (workdir, one))):
+  for a, b in zip(*(jax.tree.leaves(saved_params(w)) for w in (workdir, one))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -156,7 +155,7 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   # with one line and exit code 1, within train.heartbeat_timeout_s / 2 = 10 s of
   # silence (not JAX's abort at 20 s, not a hang).
   run = Run(env, workdir, logs)
-  run.wait_for(lambda: _committed(workdir))
+  run.wait_for(lambda: committed(workdir))
   run.procs[1].kill()
   t0 = time.time()
   codes = run.wait(timeout=60)
@@ -165,25 +164,25 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   assert codes == [1, -signal.SIGKILL] and len(errors) == 1, out[-3000:]
   assert 'has probably died' in errors[0] and time.time() - t0 < 20, errors
   assert 'Traceback' not in out
-  killed_at = _committed(workdir)[-1]
+  killed_at = committed(workdir)[-1]
   # 2. A SIGTERM to process 1 only: both save the same step and exit 0.
   old = os.stat(os.path.join(workdir, 'metrics.jsonl')).st_ino  # replaced on resume
   run = Run(env, workdir, logs)
   run.wait_for(lambda: _steps_logged(workdir, old)[-1:] > [killed_at])
   run.procs[1].send_signal(signal.SIGTERM)
   assert run.wait() == [0, 0], run.output(0)[-3000:] + run.output(1)[-3000:]
-  saved = _committed(workdir)[-1]
+  saved = committed(workdir)[-1]
   assert f'resumed from step {killed_at}' in run.output(0)
   assert f'SIGTERM: saved a checkpoint at step {saved};' in run.output(0)
   assert killed_at < saved < NUM_STEPS, saved
   # 3. Both processes SIGKILLed once a newer checkpoint is committed.
   run = Run(env, workdir, logs)
-  run.wait_for(lambda: _committed(workdir)[-1] > saved)
+  run.wait_for(lambda: committed(workdir)[-1] > saved)
   run.kill()
-  newest = _committed(workdir)[-1]
+  newest = committed(workdir)[-1]
   # 4. The rerun ends bit for bit like the uninterrupted run.
   run = Run(env, workdir, logs)
   assert run.wait() == [0, 0], run.output(0)[-3000:]
   assert f'resumed from step {newest}' in run.output(0)
-  _assert_bitwise(_params(workdir), _params(two[0]))
-  assert _metrics(workdir) == _metrics(two[0])
+  assert_bitwise(saved_params(workdir), saved_params(two[0]))
+  assert metrics_of(workdir) == metrics_of(two[0])

@@ -20,7 +20,7 @@ from eiw_jax.builder import model_config
 from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # After a failed read, tensorstore may call back into orbax's closed event loop,
 # possibly during a later test; Python reports that as an ignored exception.
 pytestmark = pytest.mark.filterwarnings(

@@ -18,7 +18,7 @@ from eiw_jax.dequant import standard_normal_logpdf
 from eiw_jax.evaluation.summary import param_counts
 from eiw_jax.shuffle import transition_permutations
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_config(name, arg=None):

@@ -19,7 +19,7 @@ from eiw_jax.train.config import base_config
 from eiw_jax.train.recipes import smoke
 from helpers import ynn_fusions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def smoke_config(**train):

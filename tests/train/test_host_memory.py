@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-_ROOT = os.path.join(os.path.dirname(__file__), '..')
+_ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
 
 # Fills the heap with 64 MB of small blocks, frees all but the last (which pins the
 # heap's top, so that free() alone cannot shrink it), then asks for the pages back.

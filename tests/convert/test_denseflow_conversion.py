@@ -33,7 +33,7 @@ from eiw_jax.convert import denseflow as convert_denseflow, denseflow_layout, to
 from eiw_jax.train import runs, xla_options
 from eiw_jax.errors import UserError
 
-DATA = os.path.join(os.path.dirname(__file__), 'fixtures')
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures')
 RTOL = 1e-5
 
 
