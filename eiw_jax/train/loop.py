@@ -15,7 +15,7 @@ import jax
 from eiw_jax import data
 from eiw_jax.train import config as config_lib
 from eiw_jax.errors import UserError
-from eiw_jax.train import multihost
+from eiw_jax.train import checkpoint, init_from, multihost
 from eiw_jax.train import workdir as workdir_lib
 from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.train.trainer import Trainer, log
@@ -52,6 +52,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.train.distributed:
     multihost.initialize(config.train)
   trainer = Trainer(config)
+  start_from = bool(config.train.init_from) and not checkpoint.has_checkpoint(workdir)
+  if start_from:
+    source = init_from.source_config(config, workdir)
+    init_from.check_structure(trainer.abstract_state().variables(use_ema=False),
+                              Trainer(source).abstract_state().variables(use_ema=False),
+                              config.train.init_from)
   train_split = data.load_split(config.data, 'train')
   test_split = data.load_split(config.data, 'test')  # fail now, not at the first eval
   for name, split in (('train', train_split), ('test', test_split)):
@@ -64,7 +70,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if lock is not None:
     lock.acquire()
   try:
-    return _train(config, workdir, trainer, train_split, test_split)
+    return _train(config, workdir, trainer, train_split, test_split, start_from)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -79,13 +85,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       lock.release()
 
 
-def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> dict:
+def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
+           start_from: bool) -> dict:
   # pylint: disable=g-import-not-at-top
   from eiw_jax.train import monitor as train_monitor
   ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
   t = config.train
   try:
     state = trainer.init_or_restore(ckpt, train_split)
+    if start_from:
+      state, note = init_from.load(trainer, state)
+      log(note)
   except BaseException:
     ckpt.close()
     raise

@@ -21,6 +21,7 @@ def defaults(train_steps: int) -> dict:
       process_id=-1,            # with coordinator_address: this process, 0 .. num_processes-1
       heartbeat_timeout_s=100,  # with distributed: a silent process counts as dead after this
       max_minutes=0.0,          # stop (eval + save) at the first logged step after this; 0 = off
+      init_from='',             # a run's workdir: start from its flow (train/init_from.py)
   )
 
 
@@ -36,6 +37,9 @@ def check(cfg) -> None:
   if not t.max_minutes >= 0:
     raise UserError(f'train.max_minutes must be >= 0 (0: no limit), got {t.max_minutes!r}; '
                     'set --config.train.max_minutes')
+  if not isinstance(t.init_from, str):
+    raise UserError(f'train.init_from must be a workdir path, got {t.init_from!r}; '
+                    'set --config.train.init_from=<workdir>')
   if o.name not in OPTIMIZERS:
     raise UserError(f"optim.name must be 'adam' or 'adamax', got {o.name!r}; "
                     "set --config.optim.name=adamax")
