@@ -61,7 +61,8 @@ def test_the_top_level_api_imports_only_the_model_library():
 def test_importing_eiw_jax_loads_no_training_runtime():
   probe = ('import sys, time; t = time.perf_counter(); import eiw_jax; '
            'import json; print(json.dumps([sorted(m for m in sys.modules if m.split(".")[0] in '
-           '("orbax", "optax", "tensorflow_datasets") or m.startswith("eiw_jax.train")), '
+           '("orbax", "optax", "tensorflow_datasets", "diffrax") '
+           'or m.startswith("eiw_jax.train")), '
            'time.perf_counter() - t, "scipy.linalg.cython_lapack" in sys.modules]))')
   out = subprocess.run([sys.executable, '-c', probe], check=True, capture_output=True, text=True)
   heavy, seconds, lapack = json.loads(out.stdout.strip().splitlines()[-1])

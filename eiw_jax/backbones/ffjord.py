@@ -48,7 +48,6 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +58,7 @@ from eiw_jax import noise as per_image
 from eiw_jax.bijectors import ActNorm, Bijector, compose, sum_event, zero_logdet
 from eiw_jax.errors import UserError, positive_int
 
-SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5, 'bosh3': diffrax.Bosh3,
-           'heun': diffrax.Heun, 'euler': diffrax.Euler}
+SOLVERS = ('dopri5', 'tsit5', 'bosh3', 'heun', 'euler')  # diffrax's Dopri5 ... Euler
 # Vector-field evaluations (per step, at the start): the first-same-as-last solvers
 # evaluate f once before the first step and reuse each step's last stage.
 _EVALS = {'dopri5': (6, 1), 'tsit5': (6, 1), 'bosh3': (3, 1), 'heun': (2, 0), 'euler': (1, 0)}
@@ -220,6 +218,8 @@ class CNFBlock(Bijector):
       rng = self.make_rng('noise') if self.has_rng('noise') else jax.random.key(0)
       draw = per_image.rademacher if self.probe == 'rademacher' else per_image.normal
       probe = draw(rng, x.shape, x.dtype)
+    import diffrax  # pylint: disable=g-import-not-at-top  (~200 modules: only for a CNF)
+    solver = getattr(diffrax, self.solver.capitalize())  # 'dopri5': diffrax.Dopri5
     t0, t1 = (1.0, 0.0) if inverse else (0.0, 1.0)
     if self.fixed_steps:
       controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / self.fixed_steps
@@ -231,7 +231,7 @@ class CNFBlock(Bijector):
     term = diffrax.ODETerm(functools.partial(_vector_field, net, trace, penalties))
     state = (x, zero_logdet(x)) + ((zero_logdet(x),) * 2 if penalties else ())
     sol = diffrax.diffeqsolve(
-        term, SOLVERS[self.solver](), t0, t1, dt0, state, args=(params, probe),
+        term, solver(), t0, t1, dt0, state, args=(params, probe),
         stepsize_controller=controller, adjoint=adjoint, max_steps=self.max_steps, throw=False)
     y, logdet = sol.ys[0][-1], sol.ys[1][-1]
     ok = sol.result == diffrax.RESULTS.successful
