@@ -125,7 +125,10 @@ def exit_on_peer_failure(error: Exception) -> None:
 class Watchdog:
   """Ends this process (one line, exit 1) when another stops showing signs of life.
 
-  Only with several processes; `timeout` seconds without a sign of a process.
+  Only with several processes; `timeout` seconds without a sign of a process that
+  has shown one. A process not yet heard from is still starting (its step can take
+  minutes longer to compile than another host's, say with a colder cache), so it is
+  not judged: one that dies before then is JAX's coordination service's to report.
   """
   _KEY = 'eiw_jax/alive/'
 
@@ -164,7 +167,7 @@ class Watchdog:
           del seen[p]
         elif new != value:
           seen[p] = (new, now)
-        elif now - since > self._timeout and not self._stop.is_set():
+        elif value is not None and now - since > self._timeout and not self._stop.is_set():
           _stop_now(f'process {p} has shown no sign of life for {self._timeout:.0f}s '
                     '(train.heartbeat_timeout_s / 2); it has probably died')
 

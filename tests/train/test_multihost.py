@@ -186,3 +186,45 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   assert f'resumed from step {newest}' in run.output(0)
   assert_bitwise(saved_params(workdir), saved_params(two[0]))
   assert metrics_of(workdir) == metrics_of(two[0])
+
+
+class _FakeClient:
+  """The coordination service's key-value store, as the watchdog uses it."""
+
+  def __init__(self):
+    self.store = {}
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    del allow_overwrite
+    self.store[key] = value
+
+  def key_value_try_get(self, key):
+    if key not in self.store:
+      raise KeyError(key)
+    return self.store[key]
+
+
+@pytest.mark.parametrize('peer_beats', [False, True])
+def test_the_watchdog_waits_for_a_starting_peer_and_stops_for_a_silent_one(monkeypatch,
+                                                                           peer_beats):
+  """Process 0's watchdog beside a peer that never beats (still compiling: not judged)
+  and beside one that beats once and falls silent (stopped after the timeout)."""
+  from eiw_jax.train import multihost  # pylint: disable=g-import-not-at-top
+  stopped = []
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost, '_stop_now', stopped.append)
+  watchdog = multihost.Watchdog(timeout=0.3)  # checks every 0.1 s
+  watchdog._client = client = _FakeClient()
+  if peer_beats:
+    client.store[f'{watchdog._KEY}1'] = '1'
+  thread = multihost.threading.Thread(target=watchdog._watch, daemon=True)
+  thread.start()
+  time.sleep(1.5)
+  watchdog._stop.set()
+  thread.join()
+  assert client.store[f'{watchdog._KEY}0'] != '0'  # its own signs of life
+  if peer_beats:
+    assert stopped and 'process 1 has shown no sign of life' in stopped[0], stopped
+  else:
+    assert not stopped, stopped
