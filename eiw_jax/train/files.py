@@ -26,7 +26,7 @@ from eiw_jax.errors import UserError
 _STORAGE_ERRNOS = frozenset(
     getattr(errno, name) for name in (
         'ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO', 'ENOENT', 'ESTALE',
-        'ENOTDIR', 'EISDIR', 'ENAMETOOLONG', 'EFBIG', 'ENOTCONN')
+        'ENOTDIR', 'EISDIR', 'EEXIST', 'ENAMETOOLONG', 'EFBIG', 'ENOTCONN')
     if hasattr(errno, name))
 _STORAGE_WORDS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system',
                   'Permission denied', 'No such file or directory', 'Stale file handle',

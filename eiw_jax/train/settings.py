@@ -35,9 +35,6 @@ def check(cfg) -> None:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
                       f'set --config.train.{key}')
   check_seed(t.seed, '--config.train.seed')
-  if not isinstance(t.restart, bool):
-    raise UserError(f'train.restart must be True or False, got {t.restart!r}; '
-                    'set --config.train.restart=True')
   if not t.max_minutes >= 0:
     raise UserError(f'train.max_minutes must be >= 0 (0: no limit), got {t.max_minutes!r}; '
                     'set --config.train.max_minutes')
