@@ -9,8 +9,6 @@ JSON. --config defaults to the config saved in the workdir; overrides on it need
 nothing allocated). The run's checkpoints are opened read-only, so evaluating
 beside a running train.py is safe. The work is eiw_jax.train.evaluate.run_mode.
 """
-import json
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -25,16 +23,12 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
                                   'Where the results go (default: <workdir>/eval).')
 
 
-def _text(result) -> str:
-  return json.dumps(result, indent=2, sort_keys=True) + '\n'
-
-
 def main(argv):
   del argv
   from eiw_jax.train import evaluate  # pylint: disable=g-import-not-at-top
   result = evaluate.run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, seed=_SEED.value,
-                             output_dir=_OUTPUT_DIR.value, to_text=_text)
-  print(_text(result), end='')
+                             output_dir=_OUTPUT_DIR.value)
+  print(evaluate.result_text(result), end='')
 
 
 if __name__ == '__main__':

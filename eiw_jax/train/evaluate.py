@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -74,13 +75,16 @@ def _publish(stage: str, out_dir: str, mode: str, text: str) -> None:
   files.write_text(os.path.join(out_dir, f'{mode}.json'), text)
 
 
-def run_mode(config, workdir: Optional[str], mode: str, *, seed: int = 0,
-             output_dir: Optional[str] = None, to_text=None) -> dict:
-  """Evaluates the newest readable checkpoint of `workdir` (no checkpoint for
-  'summary') under `config` (default: the run's own) and writes the results.
+def result_text(result: dict) -> str:
+  """What `<mode>.json` holds (and eval.py prints)."""
+  return json.dumps(result, indent=2, sort_keys=True) + '\n'
 
-  Returns the mode's result; `to_text(result)` is what `<mode>.json` holds.
-  """
+
+def run_mode(config, workdir: Optional[str], mode: str, *, seed: int = 0,
+             output_dir: Optional[str] = None) -> dict:
+  """Evaluates the newest readable checkpoint of `workdir` (no checkpoint for
+  'summary') under `config` (default: the run's own), writes the results (the module
+  docstring says where) and returns them."""
   if mode not in evaluation.MODES:
     raise UserError(f'unknown --mode={mode}; choose one of {", ".join(evaluation.MODES)}')
   settings.check_seed(seed, '--seed')
@@ -107,7 +111,7 @@ def run_mode(config, workdir: Optional[str], mode: str, *, seed: int = 0,
     with files.guard(out_dir or 'the results', _FIX):
       result = evaluation.get_mode(mode)(ctx)
       if out_dir:
-        _publish(stage, out_dir, mode, to_text(result) if to_text else f'{result}\n')
+        _publish(stage, out_dir, mode, result_text(result))
   finally:
     if stage:
       with contextlib.suppress(OSError):

@@ -117,8 +117,3 @@ def append_line(path: str, line: str) -> None:
       raise
   finally:
     os.close(fd)
-
-
-def is_temporary(name: str) -> bool:
-  """Whether a file name is one of `temporary_name`'s."""
-  return name.startswith('.') and '.tmp-' in name

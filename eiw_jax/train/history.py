@@ -9,9 +9,10 @@ a disk not mounted): `check` refuses to start it over, in one line. With
 into `<workdir>/restart-<n>/` (it never applies while a checkpoint is there: a
 rerun of the same command then resumes).
 
-`check_data` records the size and SHA-256 of both splits in `data.json`; a resume
-on data that changed since says, in one line, that the data order no longer
-repeats the uninterrupted run's.
+`check_data` records the size of both splits in `data.json`, with the SHA-256 of up
+to 4096 of their images evenly spread (ImageNet64's 16 GB would take half a minute
+to hash whole); a resume on data that changed since says, in one line, that the
+batches no longer repeat the uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import json
 import os
 import shutil
 from typing import Optional
+
+import numpy as np
 
 from eiw_jax.errors import UserError
 from eiw_jax.train import files, messages, workdir as workdir_lib
@@ -108,11 +111,15 @@ def _move_old_run(workdir: str, reason: str) -> None:
                 f'kept in {dest}')
 
 
+_SAMPLE = 4096
+
+
 def fingerprint(split) -> dict:
-  """Examples, shape and SHA-256 of a split's images (and labels)."""
-  digest = hashlib.sha256(memoryview(split.images).cast('B'))
+  """Examples, shape and the SHA-256 of an even sample of a split's images and labels."""
+  stride = max(1, len(split.images) // _SAMPLE)
+  digest = hashlib.sha256(np.ascontiguousarray(split.images[::stride]).tobytes())
   if split.labels is not None:
-    digest.update(memoryview(split.labels).cast('B'))
+    digest.update(np.ascontiguousarray(split.labels[::stride]).tobytes())
   return {'examples': int(len(split.images)), 'shape': list(split.images.shape[1:]),
           'sha256': digest.hexdigest()}
 

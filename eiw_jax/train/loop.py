@@ -102,7 +102,9 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
       history.check_data(workdir, {'train': train_split, 'test': test_split}, start)
     step_fn = trainer.compile_step(state)
     ckpt.wait()
-  except BaseException:
+  except BaseException as e:
+    if isinstance(e, jax.errors.JaxRuntimeError):  # a peer died during the start-up
+      multihost.exit_on_peer_failure(e)
     ckpt.close()
     raise
   if start >= total:

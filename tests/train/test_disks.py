@@ -98,8 +98,7 @@ def test_eval_of_a_read_only_run_writes_elsewhere(given, copy, tmp_path, mounts,
   monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'temp'))
   before = snapshot(copy)
   out = str(tmp_path / 'mine') if given == 'output_dir' else None
-  result = evaluate.run_mode(None, view.path, 'bpd', output_dir=out,
-                             to_text=lambda r: json.dumps(r) + '\n')
+  result = evaluate.run_mode(None, view.path, 'bpd', output_dir=out)
   where = out or evaluate.fallback_dir(view.path)
   assert json.load(open(os.path.join(where, 'bpd.json'))) == result and result['bpd'] > 0
   err = capsys.readouterr().err

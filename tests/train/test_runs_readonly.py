@@ -66,3 +66,12 @@ def test_changed_settings_are_named_once(copy, capfd):
   err = capfd.readouterr().err
   assert err.count('restored under changed settings') == 1, err
   assert 'optim.lr 0.001 -> 0.0005' in err
+
+
+def test_an_eval_seed_out_of_range_is_one_line_before_anything(copy):
+  from eiw_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  before = snapshot(copy)
+  with pytest.raises(UserError, match=r'the seed must be an integer in 0\.\.9223372036854775807, '
+                     r'got 18446744073709551616; set --seed=0'):
+    evaluate.run_mode(None, copy, 'bpd', seed=2**64)
+  assert snapshot(copy) == before
