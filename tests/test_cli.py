@@ -111,7 +111,8 @@ def _eval_flags(argv, monkeypatch):
 
 
 @pytest.mark.parametrize('source,words', [
-    ('def get_config(:\n  pass\n', 'bad.py, line 1: invalid syntax (SyntaxError); fix the config file'),
+    ('def get_config(:\n  pass\n',
+     'bad.py, line 1: invalid syntax (SyntaxError); fix the config file'),
     ('def get_config():\n  return undefined_name\n',
      "bad.py, line 2: NameError: name undefined_name is not defined"),
     ('import no_such_module\n', "bad.py, line 1: ModuleNotFoundError: No module named"),

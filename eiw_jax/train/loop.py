@@ -146,7 +146,8 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split) -> d
         if stop:
           ckpt.wait()
           if preemption.signal == 'SIGINT':
-            interrupted = f'Ctrl-C: saved a checkpoint at step {step}; rerun the same command to resume'
+            interrupted = (f'Ctrl-C: saved a checkpoint at step {step}; rerun the same command '
+                           'to resume')
           else:
             log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
           break
