@@ -1,14 +1,14 @@
 """Evaluate a trained run: python eval.py --workdir=runs/fm --mode=bpd
 
 Modes: bpd, samples, reconstruct, interpolate, manipulate, entropy, channels, speed,
-fid, summary. Each writes <workdir>/eval/<mode>.json (and PNGs beside it) and
-prints the JSON. --config defaults to the config saved in the workdir; `summary`
-needs only --config (no checkpoint, nothing allocated). The run's checkpoints are
-opened read-only, so evaluating beside a running train.py is safe.
+fid, summary. Each writes <mode>.json (and PNGs beside it) to --output_dir, by
+default <workdir>/eval (a workdir that cannot be written, such as a read-only
+mount, sends them to a folder under the temp dir, and says which), and prints the
+JSON. --config defaults to the config saved in the workdir; overrides on it need
+--config=configs/saved.py:<workdir>. `summary` needs only --config (no checkpoint,
+nothing allocated). The run's checkpoints are opened read-only, so evaluating
+beside a running train.py is safe. The work is eiw_jax.train.evaluate.run_mode.
 """
-import json
-import os
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -19,47 +19,16 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (default:
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
 _MODE = flags.DEFINE_string('mode', 'bpd', 'What to measure (see the module docstring).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for sampling and dequantization noise.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
+                                  'Where the results go (default: <workdir>/eval).')
 
 
 def main(argv):
   del argv
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from eiw_jax import data, evaluation
-  from eiw_jax.train import runs
-  from eiw_jax.builder import build
-  from eiw_jax.errors import UserError
-  run = evaluation.get_mode(_MODE.value) if _MODE.value in evaluation.MODES else None
-  if run is None:
-    raise UserError(f'unknown --mode={_MODE.value}; choose one of {", ".join(evaluation.MODES)}')
-  workdir = _WORKDIR.value
-  config = _CONFIG.value or runs.saved_config(workdir)
-  if _MODE.value == 'summary':
-    model, variables = build(config), None
-  else:
-    if not workdir:
-      raise UserError(f'--mode={_MODE.value} needs --workdir=<a training run>')
-    model, variables, step = runs.load_for_eval(config, workdir)
-    print(f'evaluating step {step} of {workdir}')
-  out_dir = os.path.join(workdir, 'eval') if workdir else None
-  splits = {}
-
-  def load_split(name):
-    if name not in splits:
-      splits[name] = data.load_split(config.data, name)
-    return splits[name]
-
-  ctx = evaluation.EvalContext(model=model, variables=variables, config=config,
-                               out_dir=out_dir, rng=jax.random.key(_SEED.value),
-                               load_split=load_split)
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-  result = run(ctx)
-  text = json.dumps(result, indent=2, sort_keys=True)
-  if out_dir:
-    with open(os.path.join(out_dir, f'{_MODE.value}.json'), 'w') as f:
-      f.write(text + '\n')
-  print(text)
+  from eiw_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  result = evaluate.run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, seed=_SEED.value,
+                             output_dir=_OUTPUT_DIR.value)
+  print(evaluate.result_text(result), end='')
 
 
 if __name__ == '__main__':

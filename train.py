@@ -1,10 +1,13 @@
 """Train EIW-Flow: python train.py --config=configs/fashion_mnist.py:small --workdir=runs/fm
 
-Flags only; the loop is eiw_jax.train.trainer.train_and_evaluate. Rerunning the same
-command resumes from the newest complete checkpoint in --workdir. Exit codes: 0 when
-done, and after SIGTERM once a checkpoint of the current step is saved (stderr says
-so); 2 for bad input, a workdir in use by another run, a storage failure (disk
-full) or a run stopped by non-finite steps (one line on stderr).
+Flags only; the loop is eiw_jax.train.loop.train_and_evaluate. Rerunning the same
+command resumes from the newest complete checkpoint in --workdir (a workdir whose
+checkpoints are gone is refused; --config.train.restart=True starts it over, keeping
+the old run in restart-<n>/). Exit codes: 0 when done, and after SIGTERM once a
+checkpoint of the current step is saved (stderr says so); Ctrl-C saves the same way
+and ends as interrupted (130), a second Ctrl-C at once; 2 for bad input, a workdir in
+use by another run, a storage failure (disk full) or a run stopped by non-finite
+steps (one line on stderr). docs/RELIABILITY.md has every case.
 """
 from absl import flags
 from ml_collections import config_flags

@@ -3,6 +3,11 @@
 exit code 2, and keep compiled programs across runs (JAX's persistent compilation
 cache).
 
+A config file that does not run (a syntax error, a name it lacks) is one line
+naming its file and line. A list key takes a new value as `--config.eval.temperatures=0.5,0.7`
+(or `'[0.5, 0.7]'`). Ctrl-C is one line: the training loop saves first
+(train/multihost.py), and the process ends as interrupted (status 130 in a shell).
+
 --compilation_cache (every script): the directory of JAX's persistent compilation
 cache, on by default, so that a restart, a resume after preemption or an eval of
 the same model skips compiling what an earlier run compiled, and a restart reads
@@ -11,13 +16,16 @@ both off. The default is $EIW_JAX_COMPILATION_CACHE if set, else ~/.cache/eiw_ja
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 import re
 import sys
+import traceback
 from typing import Callable
 
 from absl import flags
+from ml_collections import config_flags
 
 from eiw_jax import cpu_lapack
 
@@ -29,6 +37,34 @@ cpu_lapack.load_single_threaded()
 _CACHE = flags.DEFINE_string(
     'compilation_cache', os.environ.get('EIW_JAX_COMPILATION_CACHE', '~/.cache/eiw_jax/xla'),
     "JAX's persistent compilation cache directory ('' turns it off).")
+
+
+class _ListParser(flags.ArgumentParser):
+  """A list key's new value: '0.5,0.7', '[0.5, 0.7]' or '(0.5, 0.7)'; one value is a
+  list of one. Each item is a Python literal, else a string."""
+
+  def parse(self, argument):
+    if isinstance(argument, (list, tuple)):
+      return list(argument)
+    text = str(argument).strip()
+    try:
+      value = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      value = [_literal(part) for part in text.strip('[]()').split(',') if part.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+  def flag_type(self):
+    return 'list'
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text.strip())
+  except (SyntaxError, ValueError):
+    return text.strip()
+
+
+config_flags.register_flag_parser_for_type(list, _ListParser())
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -59,7 +95,24 @@ def parse_flags(argv: list, flag_values=None) -> list:
     message = _unknown_override(argv, flag_values)
     message = message or f'{_one_line(e)} (check --config and its --config.* overrides)'
     print(f'error: {message}', file=sys.stderr)
+  except SyntaxError as e:  # the config file does not parse
+    print(f'error: {e.filename}, line {e.lineno}: {e.msg} (SyntaxError); fix the config file',
+          file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except  # raised by the config file's code
+    print(f'error: {_config_file_error(e)}', file=sys.stderr)
   sys.exit(2)
+
+
+def _config_file_error(error: Exception) -> str:
+  """One line for an error raised while a config file ran: where, what, the fix."""
+  if type(error).__name__ == 'UserError':
+    return ' '.join(str(error).split())
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if 'site-packages' not in f.filename and not f.filename.startswith(sys.prefix)
+            and os.path.basename(f.filename) != 'cli.py']
+  where = f'{frames[-1].filename}, line {frames[-1].lineno}: ' if frames else ''
+  return (f'{where}{type(error).__name__}: {" ".join(str(error).split())}; fix the config file '
+          'or its --config.* overrides')
 
 
 def _unknown_override(argv: list, flag_values):
@@ -75,7 +128,8 @@ def _unknown_override(argv: list, flag_values):
 
 
 def run_main(main: Callable[[list], None]) -> None:
-  """absl's app.run, with UserError (and bad flags) as one line + exit 2."""
+  """absl's app.run, with UserError (and bad flags) as one line + exit 2, and Ctrl-C
+  as one line and the exit of an interrupted process."""
   import logging  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
   from eiw_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -83,13 +137,25 @@ def run_main(main: Callable[[list], None]) -> None:
 
   def guarded(argv):
     try:
+      # pylint: disable=g-import-not-at-top
+      from eiw_jax.train import files, messages
+      messages.quiet_orbax_logs()
+      messages.quiet_background_failures(files.storage_problem)
       enable_compilation_cache(_CACHE.value)
       main(argv)
     except UserError as e:
       print(f'error: {" ".join(str(e).split())}', file=sys.stderr)  # always one line
       sys.exit(2)
+    except KeyboardInterrupt as e:
+      from eiw_jax.train import multihost  # pylint: disable=g-import-not-at-top
+      print(f'\n{str(e) or _INTERRUPTED}', file=sys.stderr)
+      multihost.die_by_sigint()
 
   app.run(guarded, flags_parser=parse_flags)
+
+
+_INTERRUPTED = ('interrupted (Ctrl-C) outside the training steps: nothing was saved now; '
+                'what was written before is whole: rerun the same command to go on')
 
 
 def _config_override_error(name, flagvalue, flag_values, unknown_only=False):
@@ -106,6 +172,10 @@ def _config_override_error(name, flagvalue, flag_values, unknown_only=False):
     config = config_lib.base_config(name='', image_size=1, channels=1, batch_size=1,
                                     train_steps=1)
   path = name[len('config.'):]
+  if config is None and not unknown_only:
+    return (f'--{name} overrides a key of --config, which is not given; pass the config too: '
+            '--config=configs/<dataset>.py, or --config=configs/saved.py:<workdir> for the '
+            "config a run saved")
   if config is None or not hasattr(config, 'keys'):
     return None
   value = config

@@ -1,6 +1,7 @@
 """Shared test utilities: random non-identity parameters, brute-force log-dets, what a
 compiled CPU program calls, and the smoke runs of the training runtime's tests (their
 config, subprocess runs of train.py and eval.py, what a workdir holds)."""
+import functools
 import hashlib
 import importlib.util
 import json
@@ -107,8 +108,9 @@ def snapshot(workdir):
   for dirpath, dirnames, filenames in os.walk(workdir):
     for name in dirnames + filenames:
       path = os.path.join(dirpath, name)
-      out[os.path.relpath(path, workdir)] = (None if os.path.isdir(path) else
-                                             hashlib.sha256(open(path, 'rb').read()).hexdigest())
+      out[os.path.relpath(path, workdir)] = (
+          f'-> {os.readlink(path)}' if os.path.islink(path) else None if os.path.isdir(path)
+          else hashlib.sha256(open(path, 'rb').read()).hexdigest())
   return out
 
 
@@ -167,3 +169,70 @@ def restore_run(workdir, cfg, step=None, **kwargs):
   with Checkpointer(workdir, max_to_keep=None, **kwargs) as ckpt:
     return ckpt.restore(trainer.abstract_state(), step=step,
                         adapters=trainer.restore_adapters())
+
+
+# --------------------------------------------- real file systems: full, read-only
+
+
+def _mount(*args):
+  return subprocess.run(['mount', *args], capture_output=True, text=True).returncode == 0
+
+
+@functools.lru_cache(maxsize=1)
+def can_mount():
+  """Whether this process may mount (root, and a kernel that lets it): the tests of
+  full and read-only disks then use real ones, and skip otherwise."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  if os.geteuid() != 0:
+    return False
+  probe = tempfile.mkdtemp()
+  ok = _mount('-t', 'tmpfs', '-o', 'size=4k', 'tmpfs', probe)
+  if ok:
+    subprocess.run(['umount', probe], check=True)
+  os.rmdir(probe)
+  return ok
+
+
+def needs_mount(test):
+  import pytest  # pylint: disable=g-import-not-at-top
+  return pytest.mark.skipif(not can_mount(), reason='needs root to mount a tmpfs')(test)
+
+
+class Tmpfs:
+  """A tmpfs mounted at `path` (made if missing) until `close`."""
+
+  def __init__(self, path, size='1m', inodes=None):
+    self.path = str(path)
+    os.makedirs(self.path, exist_ok=True)
+    options = f'size={size}' + (f',nr_inodes={inodes}' if inodes else '')
+    assert _mount('-t', 'tmpfs', '-o', options, 'tmpfs', self.path)
+
+  def fill(self):
+    """Fills it to the last byte (a file 'filler')."""
+    fd = os.open(os.path.join(self.path, 'filler'), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+      while os.write(fd, b'\0' * 4096):
+        pass
+    except OSError:
+      pass
+    finally:
+      os.close(fd)
+
+  def resize(self, size):
+    assert _mount('-o', f'remount,size={size}', self.path)
+
+  def close(self):
+    subprocess.run(['umount', '-l', self.path], check=False)
+
+
+class ReadOnlyView:
+  """`source` seen read-only at `path` (a bind mount) until `close`."""
+
+  def __init__(self, source, path):
+    self.path = str(path)
+    os.makedirs(self.path, exist_ok=True)
+    assert _mount('--bind', str(source), self.path)
+    assert _mount('-o', 'remount,bind,ro', self.path)
+
+  def close(self):
+    subprocess.run(['umount', '-l', self.path], check=False)

@@ -97,3 +97,61 @@ def test_unknown_override_keys_are_named(override, words, monkeypatch, capsys):
     cli.parse_flags(argv, fv)
   assert e.value.code == 2
   assert capsys.readouterr().err == f'error: {words}\n'
+
+
+def _eval_flags(argv, monkeypatch):
+  """Parses argv as eval.py does (--config optional); returns the FlagValues."""
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setattr(sys, 'argv', argv)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=fv, lock_config=True)
+  flags.DEFINE_string('workdir', None, '', flag_values=fv)
+  cli.parse_flags(argv, fv)
+  return fv
+
+
+@pytest.mark.parametrize('source,words', [
+    ('def get_config(:\n  pass\n',
+     'bad.py, line 1: invalid syntax (SyntaxError); fix the config file'),
+    ('def get_config():\n  return undefined_name\n',
+     "bad.py, line 2: NameError: name undefined_name is not defined"),
+    ('import no_such_module\n', "bad.py, line 1: ModuleNotFoundError: No module named"),
+], ids=['syntax_error', 'name_error', 'import_error'])
+def test_a_config_file_that_does_not_run_is_one_line(source, words, tmp_path, monkeypatch,
+                                                     capsys):
+  (tmp_path / 'bad.py').write_text(source)
+  with pytest.raises(SystemExit) as e:
+    _eval_flags(['train.py', f'--config={tmp_path / "bad.py"}', '--workdir=w'], monkeypatch)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count('\n') == 1 and err.startswith('error: ')
+  assert words in err.replace("'", ''), err
+
+
+def test_eval_overrides_without_config_name_the_fix(monkeypatch, capsys):
+  with pytest.raises(SystemExit) as e:
+    _eval_flags(['eval.py', '--workdir=w', '--config.model.hidden=16'], monkeypatch)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count('\n') == 1
+  assert err.startswith('error: --config.model.hidden overrides a key of --config, which is '
+                        'not given; pass the config too') and 'configs/saved.py:<workdir>' in err
+
+
+@pytest.mark.parametrize('value,want', [
+    ('0.5,0.7', [0.5, 0.7]), ('[0.5, 0.7]', [0.5, 0.7]), ('(1.0,)', [1.0]), ('0.9', [0.9])])
+def test_list_keys_can_be_overridden(value, want, monkeypatch):
+  fv = _eval_flags(['eval.py', SMOKE, f'--config.eval.temperatures={value}'], monkeypatch)
+  assert fv.config.eval.temperatures == want
+
+
+def test_overrides_on_a_runs_saved_config(tmp_path, monkeypatch, capsys):
+  from eiw_jax.train import run_config  # pylint: disable=g-import-not-at-top
+  from helpers import smoke_config  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'config.json').write_text(run_config.config_to_json(smoke_config()))
+  fv = _eval_flags(['eval.py', f'--config=configs/saved.py:{tmp_path}',
+                    '--config.eval.temperatures=0.5', '--config.model.hidden=16'], monkeypatch)
+  assert fv.config.eval.temperatures == [0.5] and fv.config.model.hidden == 16
+  assert fv.config.data.source == 'synthetic'  # the rest as saved
+  with pytest.raises(SystemExit):  # a workdir without one: one line
+    _eval_flags(['eval.py', f'--config=configs/saved.py:{tmp_path / "none"}'], monkeypatch)
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'no config given and none saved in' in err, err

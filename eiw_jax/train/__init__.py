@@ -12,7 +12,10 @@
     loop.py        train_and_evaluate: the loop of train.py
     checkpoint.py  orbax (the one module that knows it), checksums.py, resume.py
     runs.py        opening a saved run read-only (load_run, eval.py)
-    workdir.py     the workdir's lock and storage errors; multihost.py several processes
+    evaluate.py    eval.py's work: a mode on a saved run, its results written whole
+    workdir.py     the workdir's lock and place; multihost.py several processes, signals
+    files.py       the one write path (whole files, storage errors as one line)
+    history.py     a run's history kept from a silent restart; data.json
     stored_step.py, xla_options.py, host_memory.py   compilation and memory
     monitor.py     metrics, evaluation and samples during training
 

@@ -15,9 +15,10 @@ their key data and restores as typed keys with the same impl).
 """
 from __future__ import annotations
 
-import json
+import errno
 import os
 import re
+import shutil
 from typing import Any, Optional
 
 import jax
@@ -25,14 +26,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from eiw_jax.train import checksums, messages, run_config
+from eiw_jax.train import checksums, messages, resume, run_config
 from eiw_jax.errors import UserError
 
 # Written by orbax as the last file of a step (before the atomic rename on a
 # local disk; as the commit itself on object stores).
 _COMMIT_MARKER = 'commit_success.txt'
 _STEP_NAME = re.compile(r'^(0|[1-9][0-9]*)$')
-_CONFIG_FIX = "use a new --workdir, or pass the saved config's values"
 # orbax's item directory inside a step (CheckpointManager with one unnamed item).
 _ITEM = 'default'
 _MISMATCH = 'tree structures do not match'
@@ -48,36 +48,30 @@ class Checkpointer:
 
   Guarantees (orbax 0.12.x on a local disk or an object store):
 
-  * A save is atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames
-    it once complete (or, on object stores, writes the commit marker last). A
-    process killed mid-save leaves the previous checkpoints as they were;
-    `latest_step` and `restore` ignore the unfinished one and the next
-    `Checkpointer` on the workdir removes it.
-  * Old steps are deleted (beyond `max_to_keep`) only after a newer step has
-    been committed, so once a save has committed there is always at least one
-    committed checkpoint on disk, for any `max_to_keep >= 1`.
+  * A save is atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it
+    once complete (on object stores it writes the commit marker last). A process
+    killed mid-save leaves the older checkpoints as they were; the unfinished one
+    is ignored, and removed by the next writable `Checkpointer`.
+  * Old steps are deleted (beyond `max_to_keep`) only after a newer one has
+    committed: once a save has committed, a committed checkpoint is always on disk.
+  * Once committed, each file's size and SHA-256 go to the step's `checksums.json`
+    (as soon as the save is seen finished: `seal_finished`, else `wait`); `restore`
+    verifies them first, and says so when a step lacks them while others have them.
   * `restore` tries the newest step first and falls back to older ones; a step
-    that fails is moved to `corrupt_checkpoints/` (only once an older step was
-    restored), so it no longer counts towards `max_to_keep` and later saves
-    never garbage-collect the good step in its place.
-  * Once a save has committed, the size and SHA-256 of each of its files are
-    recorded (`checksums.json` in the step); `restore` verifies them first, so
-    a checkpoint damaged afterwards (flipped bytes, a truncated copy) counts as
-    unreadable and `restore` falls back. With `max_to_keep=1` there is then
-    nothing older to fall back to; keep `max_to_keep >= 2` to survive damage
-    to the newest checkpoint.
-  * `read_only=True` (evaluation beside a running trainer) never writes,
-    moves or deletes anything under the workdir: no cleanup of the trainer's
-    unfinished saves, no move of unreadable steps, no config.json.
+    that fails is moved to `corrupt_checkpoints/` (once an older step was restored),
+    so later saves never garbage-collect the good step in its place. Keep
+    `max_to_keep >= 2` to survive damage to the newest checkpoint. A step whose
+    parameters have other names or shapes is another model: a UserError at once.
+  * `read_only=True` (evaluation beside a running trainer) writes, moves and
+    deletes nothing under the workdir.
 
-  Saves are asynchronous: `save` returns once the arrays are copied off the
-  device (the state may then be donated); `wait` blocks until committed.
+  Saves are asynchronous: `save` returns once the arrays are copied off the device
+  (the state may then be donated); `wait` blocks until committed.
 
-  Config handling: with `config` given, `<workdir>/config.json` is written
-  when the workdir has no checkpoint yet, and otherwise only once a checkpoint
-  was restored with it (or saved); it is compared with the saved one first
-  (train/run_config.py: a structural difference raises UserError before anything
-  is written, others are named in one line by `restore`).
+  With `config` given, `<workdir>/config.json` (run_config.SavedConfig) is compared
+  with it first (a structural difference is a UserError before anything is
+  written), written when the workdir has no checkpoint yet, and otherwise only
+  once a checkpoint was restored with it (or saved).
   """
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = 3,
@@ -88,13 +82,10 @@ class Checkpointer:
     self._workdir = epath.Path(os.path.abspath(os.fspath(workdir)))
     self._dir = self._workdir / 'checkpoints'
     self._corrupt_dir = self._workdir / 'corrupt_checkpoints'
-    self._config_path = self._workdir / 'config.json'
-    self._config_text = None if config is None else run_config.config_to_json(config)
-    self._saved_config_text = None
     self._read_only = read_only
     self._unsealed = []  # steps saved here whose checksums are not written yet
-    if self._config_text is not None:
-      self._saved_config_text = self._check_config()  # Writes nothing.
+    self._config = None if config is None else run_config.SavedConfig(
+        os.fspath(self._workdir), config, bool(_committed_steps(self._dir)))  # Writes nothing.
     messages.quiet_orbax_logs()
     self._reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     self._manager = None  # Saves and deletes: never opened read-only.
@@ -105,14 +96,11 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True,
             cleanup_tmp_directories=True))
-    if self._config_text is not None and not _committed_steps(self._dir):
-      self._write_config()
+    if self._config is not None and not _committed_steps(self._dir):
+      self._config.write()
 
   def latest_step(self) -> Optional[int]:
-    """The newest committed step, or None.
-
-    Files of that step may still be damaged; `restore` then falls back.
-    """
+    """The newest committed step, or None (its files may be damaged: see `restore`)."""
     steps = _committed_steps(self._dir)
     return steps[-1] if steps else None
 
@@ -129,23 +117,25 @@ class Checkpointer:
         so arrays land directly on the mesh) or of concrete arrays, with the
         structure of the saved state.
       step: restore exactly this step (no fall back) instead of the newest.
-      adapters: for a checkpoint whose tree structure differs from
-        `abstract_state`'s (e.g. saved under other optimiser settings), tried
-        in order: `(description, abstract_fn, convert)`, where
-        `abstract_fn()` gives the structure to restore and `convert(state)`
-        turns what was restored into the structure wanted. The first that
-        fits is used and its description printed in one line.
+      adapters: for a checkpoint whose tree structure differs from `abstract_state`'s
+        (saved under other optimiser settings), tried in order: `(description,
+        abstract_fn, convert)`: `abstract_fn()` gives the structure to restore,
+        `convert(state)` makes it the one wanted; the first that fits is used and
+        its description printed in one line.
 
     Returns:
       `(state, step)`, or None when the workdir holds no checkpoint.
 
     Raises:
-      UserError: checkpoints exist but none (or not `step`) is readable.
+      UserError: checkpoints exist but none (or not `step`) is readable, or a step
+        holds another model (parameters of other shapes: no older step would fit).
     """
     self.wait()
     if step is not None:
       try:
-        return self._restore_step(step, abstract_state, adapters), step
+        return self._restore_step(step, abstract_state, adapters, self.all_steps()), step
+      except UserError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         raise UserError(
             f'checkpoint step {step} in {self._dir} is unreadable '
@@ -157,7 +147,9 @@ class Checkpointer:
     failed = []
     for i, s in enumerate(steps):
       try:
-        state = self._restore_step(s, abstract_state, adapters)
+        state = self._restore_step(s, abstract_state, adapters, steps)
+      except UserError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         failed.append((s, messages.one_line(e)))
         then = (f'falling back to step {steps[i + 1]}' if i + 1 < len(steps)
@@ -165,7 +157,10 @@ class Checkpointer:
         messages.warn(f'checkpoint step {s} is unreadable ({messages.one_line(e)}); {then}')
         continue
       self._move_aside([f for f, _ in failed])
-      self._accept_config(s)
+      if self._config is not None:
+        self._config.accept(s)
+        if not self._read_only and self._config.saved_text is None:
+          self._config.write()
       return state, s
     newest, reason = failed[0]
     raise UserError(
@@ -186,8 +181,8 @@ class Checkpointer:
         int(step), args=ocp.args.StandardSave(state), force=force)
     if saved:
       self._unsealed.append(int(step))
-    if saved and self._config_text != self._saved_config_text:
-      self._write_config()
+    if saved and self._config is not None and self._config.stale:
+      self._config.write()
     return saved
 
   def wait(self):
@@ -204,6 +199,13 @@ class Checkpointer:
           checksums.write(os.fspath(path))
     _sync('eiw_jax_checkpoint_checksums')
 
+  def seal_finished(self):
+    """Records the checksums of steps whose save has committed, without waiting
+    (one process: a pod seals at the next `wait`, when its processes meet)."""
+    if (self._unsealed and jax.process_count() == 1
+        and not self._manager.is_saving_in_progress()):
+      self.wait()
+
   def close(self):
     """Waits for pending saves and releases orbax's resources."""
     self._reader.close()
@@ -218,13 +220,15 @@ class Checkpointer:
   def __exit__(self, *exc_info):
     self.close()
 
-  def _restore_step(self, step: int, abstract_state, adapters=()):
+  def _restore_step(self, step: int, abstract_state, adapters, others):
     path = self._dir / str(step)
     if not path.is_dir():
       raise FileNotFoundError(f'no directory {path}')
     if not (path / _COMMIT_MARKER).exists():
       raise FileNotFoundError(f'no {_COMMIT_MARKER}: the save never finished')
-    checksums.verify(os.fspath(path))  # raises ValueError on damage
+    if not checksums.verify(os.fspath(path)):  # raises ValueError on damage
+      self._flag_unverified(step, others)
+    self._check_fits(step, abstract_state)
     read = lambda target: self._reader.restore(
         path / _ITEM, args=ocp.args.StandardRestore(target))
     try:
@@ -244,17 +248,33 @@ class Checkpointer:
       return convert(state)
     raise mismatch
 
-  def _accept_config(self, step: int):
-    """After a restore: names changed settings; config.json now reflects them."""
-    if self._config_text is None:
+  def _flag_unverified(self, step: int, others):
+    """A step without checksums.json while others have one: deleted, or the run was
+    killed between the save and its checksums. Said, then restored unverified."""
+    sealed = [s for s in others if s != step and checksums.has(os.fspath(self._dir / str(s)))]
+    if sealed:
+      messages.warn(
+          f'checkpoint step {step} has no {checksums.FILENAME} although steps {sorted(sealed)} '
+          'have one (deleted, or the run was killed right after saving it): restoring it '
+          f'unverified; if it is damaged, move {self._dir / str(step)} away and rerun')
+
+  def _check_fits(self, step: int, abstract_state):
+    """Raises UserError when the step's parameters have other names or shapes than
+    `abstract_state`'s: another model (an edited config.json, a wrong --config), which
+    no older step of the workdir would fit either."""
+    try:
+      meta = self._reader.metadata(self._dir / str(step) / _ITEM)
+      meta = getattr(meta, 'item_metadata', meta)
+      saved = {m.name: tuple(m.shape) for m in jax.tree.leaves(meta)
+               if hasattr(m, 'name') and hasattr(m, 'shape')}
+    except Exception:  # pylint: disable=broad-except  # unreadable: restoring will say
       return
-    if self._saved_config_text is not None:
-      changes = run_config.changes(json.loads(self._saved_config_text),
-                         json.loads(self._config_text))
-      if changes:
-        messages.note(f'step {step} restored under changed settings: {changes}')
-    if not self._read_only and self._saved_config_text is None:
-      self._write_config()
+    differences = resume.model_differences(saved, abstract_state)
+    if differences:
+      raise UserError(
+          f'checkpoint step {step} in {self._dir} holds another model than the config '
+          f'({differences[0]}); pass the config the run was trained with (an unedited '
+          'config.json, or the same --config and overrides), or use a new --workdir')
 
   def _move_aside(self, steps: list[int]):
     """Moves failed steps out of orbax's sight so GC never counts them."""
@@ -267,42 +287,15 @@ class Checkpointer:
         while (self._corrupt_dir / f'{step}-{n}').exists():
           n += 1
         dest = self._corrupt_dir / f'{step}-{n}'
-        (self._dir / str(step)).rename(dest)
+        try:
+          (self._dir / str(step)).rename(dest)
+        except OSError as e:  # checkpoints/ links to another file system
+          if e.errno != errno.EXDEV:
+            raise
+          shutil.move(os.fspath(self._dir / str(step)), os.fspath(dest))
         messages.warn(f'moved unreadable checkpoint step {step} to {dest}')
     _sync('eiw_jax_checkpoint_move_aside')
     self._manager.reload()
-
-  def _check_config(self) -> Optional[str]:
-    """Raises UserError on a structural mismatch; returns the saved text."""
-    if not self._config_path.exists():
-      return None
-    try:
-      text = self._config_path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f'{self._config_path} is unreadable ({messages.one_line(e)}); remove or '
-                      f'fix it, or use a new --workdir') from e
-    if not _committed_steps(self._dir):
-      return text  # Nothing saved to be incompatible with.
-    try:
-      saved = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise UserError(f'{self._config_path} is not valid JSON ({e}); '
-                      f'{_CONFIG_FIX}') from e
-    diff = run_config.structure_difference(saved, json.loads(self._config_text))
-    if diff is not None:
-      key, old, new = diff
-      raise UserError(
-          f'{self._workdir} holds checkpoints of a model with {key}={old}, '
-          f'but the config has {key}={new}; {_CONFIG_FIX}')
-    return text
-
-  def _write_config(self):
-    if jax.process_index() == 0:
-      self._workdir.mkdir(parents=True, exist_ok=True)
-      tmp = self._config_path.with_name('config.json.tmp')
-      tmp.write_text(self._config_text)
-      tmp.replace(self._config_path)
-    self._saved_config_text = self._config_text
 
 
 def _step_dirs(directory: epath.Path) -> list[int]:
@@ -316,7 +309,6 @@ def _step_dirs(directory: epath.Path) -> list[int]:
 def _committed_steps(directory: epath.Path) -> list[int]:
   return [s for s in _step_dirs(directory)
           if (directory / str(s) / _COMMIT_MARKER).exists()]
-
 
 
 def _sync(name: str):

@@ -2,6 +2,9 @@
 
 Everything is checked before the workdir is created; the data order is a
 function of (seed, step), so a resumed run repeats an uninterrupted one exactly.
+A fresh run saves step 0 before it logs anything (train/history.py). The workdir
+is checked at each log and save: moved or deleted under the run, it stops in one
+line instead of writing on at the old path.
 `train.max_nonfinite_steps` non-finite steps in a row stop training at exactly
 that step (checked one step late, so the host never waits for the device, and
 before anything of a step is written).
@@ -12,13 +15,18 @@ import time
 
 import jax
 
+from jax.experimental import multihost_utils
+
 from eiw_jax import data
 from eiw_jax.train import config as config_lib
 from eiw_jax.errors import UserError
-from eiw_jax.train import checkpoint, init_from, multihost
+from eiw_jax.train import files, history, init_from, multihost
 from eiw_jax.train import workdir as workdir_lib
-from eiw_jax.train.checkpoint import Checkpointer
+from eiw_jax.train.checkpoint import Checkpointer, has_checkpoint
 from eiw_jax.train.trainer import Trainer, log
+
+_RESUME_FIX = ('free disk space or restore the workdir, then rerun the same command to resume '
+               'from its newest complete checkpoint')
 
 
 def _check_streak(step: int, streak, limit: int) -> None:
@@ -42,17 +50,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Everything is checked (config keys and values, devices, both data splits) before
   the workdir is created. One run at a time per workdir (a second is refused). SIGTERM
-  saves a checkpoint at the current step and returns normally (train.py then exits 0).
-  A full disk or a workdir that vanishes is one line (UserError); the checkpoints
-  already written stay usable. With `train.max_minutes` > 0, training stops at
-  the first logged step after that many minutes of this process's training
-  loop, evaluates and saves there (a rerun trains on from it).
+  saves a checkpoint at the current step and returns normally (train.py then exits 0);
+  Ctrl-C saves likewise and then raises `multihost.Interrupted`. A full disk or a
+  workdir that vanishes is one line (UserError); the checkpoints already written
+  stay usable. A workdir whose checkpoints are gone is not started over unless
+  `train.restart` (train/history.py). With `train.max_minutes` > 0, training stops at
+  the first logged step after that many minutes of this process's training loop,
+  evaluates and saves there (a rerun trains on from it).
   """
   config_lib.validate_run(config)
+  workdir = workdir_lib.expand(workdir)
   if config.train.distributed:
     multihost.initialize(config.train)
   trainer = Trainer(config)
-  start_from = bool(config.train.init_from) and not checkpoint.has_checkpoint(workdir)
+  start_from = bool(config.train.init_from) and not has_checkpoint(workdir)
   if start_from:
     source = init_from.source_config(config, workdir)
     init_from.check_structure(trainer.abstract_state().variables(use_ema=False),
@@ -66,20 +77,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       f'{len(split.images)} examples of the {name} split; lower '
                       '--config.data.batch_size')
   workdir_lib.make(workdir)
-  lock = workdir_lib.Lock(workdir) if jax.process_index() == 0 else None
+  main = jax.process_index() == 0
+  lock = workdir_lib.Lock(workdir) if main else None
   if lock is not None:
     lock.acquire()
   try:
-    return _train(config, workdir, trainer, train_split, test_split, start_from)
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    problem = workdir_lib.storage_problem(e)
-    if problem is None:
-      raise
-    raise UserError(f'could not write to {workdir} ({problem}); free disk space or restore '
-                    'the workdir, then rerun the same command to resume from its newest '
-                    'complete checkpoint') from e
+    with files.guard(f'to {workdir}', _RESUME_FIX):
+      history.check(workdir, has_checkpoint(workdir), config.train.restart, move=main)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('eiw_jax_history')
+      return _train(config, workdir, trainer, train_split, test_split, start_from)
   finally:
     if lock is not None:
       lock.release()
@@ -91,25 +98,35 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
   from eiw_jax.train import monitor as train_monitor
   ckpt = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints, config=config)
   t = config.train
+  place = workdir_lib.identity(workdir)
   try:
+    fresh = ckpt.latest_step() is None
     state = trainer.init_or_restore(ckpt, train_split)
     if start_from:
       state, note = init_from.load(trainer, state)
       log(note)
-  except BaseException:
+    if fresh:  # step 0 first: a workdir with metrics always has a checkpoint
+      ckpt.save(0, state, force=True)
+    start, total = int(state.step), int(t.num_steps)
+    if jax.process_index() == 0:
+      history.check_data(workdir, {'train': train_split, 'test': test_split}, start)
+    step_fn = trainer.compile_step(state)
+    ckpt.wait()
+  except BaseException as e:
+    if isinstance(e, jax.errors.JaxRuntimeError):  # a peer died during the start-up
+      multihost.exit_on_peer_failure(e)
     ckpt.close()
     raise
-  start, total = int(state.step), int(t.num_steps)
   if start >= total:
     log(f'step {start} already reaches train.num_steps={total}: nothing to train; raise '
         '--config.train.num_steps to continue')
-  step_fn = trainer.compile_step(state)
   monitor = train_monitor.Monitor(trainer, workdir, start, total, test_split)
   batches = trainer.batches(train_split, start)
   budget = multihost.TimeBudget(60 * float(t.max_minutes))
   last = {}
   pending = None  # (step, streak) of the previous step, checked one step late
   failed = False
+  interrupted = None
   try:
     watchdog = multihost.Watchdog(t.heartbeat_timeout_s / 2)  # several processes
     with multihost.Preemption() as preemption, watchdog:
@@ -119,6 +136,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
         input_s = time.perf_counter() - t0
         state, metrics = step_fn(state, batch)
         monitor.tick(input_s, metrics)
+        ckpt.seal_finished()
         if pending is not None:  # the device works on this step meanwhile
           _check_streak(*pending, t.max_nonfinite_steps)
         pending = (step, metrics['nonfinite_streak'])
@@ -130,13 +148,18 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
         if log_due or save_due:  # these wait for the step anyway: check it first
           _check_streak(*pending, t.max_nonfinite_steps)
           pending = None
+          workdir_lib.check_in_place(workdir, place, step)
         if log_due:
           last = monitor.log(step, metrics, monitor.evaluate(step, state) if eval_due else {})
         if save_due:
           ckpt.save(step, state, force=True)
         if stop:
           ckpt.wait()
-          log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
+          if preemption.signal == 'SIGINT':
+            interrupted = (f'Ctrl-C: saved a checkpoint at step {step}; rerun the same command '
+                           'to resume')
+          else:
+            log(f'SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume')
           break
         if out_of_time:
           ckpt.wait()
@@ -158,4 +181,6 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
         raise
     finally:
       monitor.close()
+  if interrupted:
+    raise multihost.Interrupted(interrupted)
   return last

@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from eiw_jax import api, data, losses
+from eiw_jax.train import files
 
 
 _CHANGE_FLAGS = ('split_changed_', 'order_changed_')
@@ -99,7 +100,7 @@ class Monitor:
     num_batches = max(1, min(self.config.train.eval_examples, len(self._test.images)) // b)
     it = data.batches(self._test, b, seed=0, shuffle=False, repeat=True,
                       process_index=jax.process_index(), process_count=jax.process_count())
-    key = jax.random.key(self.config.train.seed + 1)
+    key = jax.random.key((self.config.train.seed + 1) % 2**63)  # seeds are int64
     total = 0.0
     for i in range(num_batches):
       lp = self._log_prob(variables, self.trainer.global_batch(next(it)), jax.random.fold_in(key, i))
@@ -111,7 +112,8 @@ class Monitor:
       from eiw_jax.evaluation.images import save_grid  # pylint: disable=g-import-not-at-top
       path = os.path.join(self.workdir, 'samples', f'step_{step:08d}.png')
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      save_grid(np.asarray(jax.device_get(samples)), path, self.config.data.num_bits)
+      with files.replacing(path) as tmp:  # whole or not at all (train/files.py)
+        save_grid(np.asarray(jax.device_get(samples)), tmp, self.config.data.num_bits)
       result['sample_grid'] = path
     if self.is_main:
       self.pbar.write(f'step {step}: test bpd {result["test_bpd"]:.4f} '
@@ -123,8 +125,7 @@ class Monitor:
   def _write(self, record: dict) -> None:
     if not self.is_main:
       return
-    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    files.append_line(os.path.join(self.workdir, 'metrics.jsonl'), json.dumps(record))
     for k, v in record.items():
       if k != 'step' and isinstance(v, (int, float)):
         self._writer.add_scalar(k, v, record['step'])
@@ -157,10 +158,7 @@ def _truncate_metrics(path: str, start: int) -> None:
     print(f'WARNING: {path} was damaged ({bad} unreadable fragment(s)); kept the '
           f'{len(records)} whole records (those after step {start} are dropped as '
           f'usual) and the file as it was in {path}.damaged-{n}', file=sys.stderr, flush=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  files.write_text(path, ''.join(keep))
 
 
 def _records(text: str):

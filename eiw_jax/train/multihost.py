@@ -9,7 +9,9 @@ gloo (JAX's default).
 
 Stopping together. A SIGTERM reaches one process or all of them; every process
 has to save the same step, because a checkpoint is written collectively. With
-one process, the SIGTERM handler sets a flag checked between steps. With
+one process, the SIGTERM handler sets a flag checked between steps, and so does
+Ctrl-C (SIGINT): the run saves its current step and then raises `Interrupted`;
+a second Ctrl-C ends the process at once, without saving. With
 several, JAX's preemption service (started by `jax.distributed.initialize`)
 catches SIGTERM on any process, and `Preemption.requested(step)` is True on
 every process at the same, agreed step (a few steps after the signal).
@@ -65,25 +67,45 @@ def initialize(train) -> None:
   jax.distributed.initialize(heartbeat_timeout_seconds=timeout, **kwargs)
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C, raised once the checkpoint of the current step is saved (the message
+  says which); the scripts print it and end as interrupted (eiw_jax/cli.py)."""
+
+
 class Preemption:
-  """SIGTERM -> `requested(step)` True between steps, on every process at once."""
+  """SIGTERM (with one process also Ctrl-C) -> `requested(step)` True between steps,
+  on every process at once; `signal` names the first signal ('SIGTERM', 'SIGINT')."""
 
   def __init__(self):
     self._flag = False
-    self._old = None
+    self._old = {}
     self._multi = jax.process_count() > 1
+    self.signal = 'SIGTERM'
 
   def __enter__(self):
     if self._multi:  # JAX's preemption service owns SIGTERM
       return self
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
+    for number, handler in ((signal.SIGTERM, self._handle), (signal.SIGINT, self._interrupt)):
+      if signal.getsignal(number) is signal.SIG_IGN:  # nohup, a background job: as asked
+        continue
+      try:
+        self._old[number] = signal.signal(number, handler)
+      except ValueError:  # not the main thread
+        pass
     return self
 
   def _handle(self, *unused):
     self._flag = True
+
+  def _interrupt(self, *unused):
+    if self._flag:  # the second signal: stop now
+      print('\nerror: Ctrl-C again: stopped at once, without saving; the newest complete '
+            'checkpoint is kept: rerun the same command to resume from it', file=sys.stderr,
+            flush=True)
+      die_by_sigint()
+    self._flag, self.signal = True, 'SIGINT'
+    print('\nCtrl-C: saving a checkpoint of the current step (Ctrl-C again stops at once, '
+          'without saving)', file=sys.stderr, flush=True)
 
   def requested(self, step: int) -> bool:
     """Call once per step, with the same steps on every process."""
@@ -92,8 +114,18 @@ class Preemption:
     return self._flag
 
   def __exit__(self, *unused):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for number, old in self._old.items():
+      signal.signal(number, old)
+
+
+def die_by_sigint() -> None:
+  """Ends the process as Ctrl-C's default action does (a shell sees status 130 and
+  stops a script), skipping the clean-up a second Ctrl-C asked to skip."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  os.kill(os.getpid(), signal.SIGINT)
+  os._exit(130)  # pylint: disable=protected-access
 
 
 class TimeBudget:

@@ -12,6 +12,9 @@ Before the Shuffle refreshed its order inside the model's own apply, its constan
 held the order without a count of updates (`consts/.../updates`, shuffle/base.py):
 such a state is restored with the count set to the state's step, which is what
 the model would have counted.
+
+`model_differences` tells a checkpoint of another model (other parameter names or
+shapes) from one saved under other optimiser settings, before anything is read.
 """
 from __future__ import annotations
 
@@ -97,3 +100,23 @@ def convert(clip: bool, ema: bool, saved_clip: bool, state):
     if ema_params is None:
       ema_params = jax.tree.map(jnp.copy, state.params)  # own buffers: the state is donated
   return state.replace(opt_state=opt_state, ema_params=ema_params)
+
+
+def _dotted(path) -> str:
+  """A tree path as orbax names an array ('params.flow.scale_0...')."""
+  return '.'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def model_differences(saved: dict, abstract_state) -> list:
+  """How the model variables of a saved state ({dotted name: shape}) differ from
+  `abstract_state`'s: parameters of other shapes, or only on one side, and constants
+  of other shapes (a constant may be missing: older states lack the Shuffle's count).
+  The optimiser's state is not compared: its structure follows optim.* settings."""
+  wanted = {_dotted(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+  params = lambda names: {k for k in names if k.startswith('params.')}
+  out = [f'{k} is {saved[k]} there, {wanted[k]} here' for k in sorted(wanted)
+         if k.startswith(('params.', 'consts.')) and k in saved and saved[k] != wanted[k]]
+  out += [f'{k} exists only there' for k in sorted(params(saved) - params(wanted))]
+  out += [f'{k} is missing there' for k in sorted(params(wanted) - params(saved))]
+  return out

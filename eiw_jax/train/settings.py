@@ -22,6 +22,7 @@ def defaults(train_steps: int) -> dict:
       heartbeat_timeout_s=100,  # with distributed: a silent process counts as dead after this
       max_minutes=0.0,          # stop (eval + save) at the first logged step after this; 0 = off
       init_from='',             # a run's workdir: start from its flow (train/init_from.py)
+      restart=False,            # start over where the checkpoints are gone (history.py)
   )
 
 
@@ -34,6 +35,7 @@ def check(cfg) -> None:
     if not isinstance(t[key], int) or t[key] < 1:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
                       f'set --config.train.{key}')
+  check_seed(t.seed, '--config.train.seed')
   if not t.max_minutes >= 0:
     raise UserError(f'train.max_minutes must be >= 0 (0: no limit), got {t.max_minutes!r}; '
                     'set --config.train.max_minutes')
@@ -55,6 +57,16 @@ def check(cfg) -> None:
     raise UserError(f'optim.finetune_lr must be > 0, got {o.finetune_lr}; '
                     'set --config.optim.finetune_lr=2e-5')
   check_shuffle_rates(cfg)
+
+
+SEED_LIMIT = 2**63  # numpy's and JAX's seeds are int64
+
+
+def check_seed(seed, flag: str) -> None:
+  """Refuses a seed that is not an integer in 0 .. 2**63 - 1 (UserError)."""
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+    raise UserError(f'the seed must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}; '
+                    f'set {flag}=0 (or another seed in that range)')
 
 
 def check_shuffle_rates(cfg) -> None:

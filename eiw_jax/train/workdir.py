@@ -2,6 +2,8 @@
 run at a time, and storage failures told apart from bugs.
 
 One training run per workdir: an exclusive `flock` on `<workdir>/train.lock`.
+On a file system without locks (some network mounts answer ENOLCK) the run warns
+and goes on unlocked: then nothing keeps a second trainer out.
 
 The kernel releases the lock when its holder exits, however it exits (SIGKILL
 included), so a killed run never leaves the workdir locked. The file holds the
@@ -14,7 +16,7 @@ import errno
 import fcntl
 import os
 import socket
-from typing import Optional
+import sys
 
 from eiw_jax.errors import UserError
 
@@ -39,7 +41,12 @@ class Lock:
                         'another --workdir') from e
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except OSError:
+      except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          print(f'WARNING: {os.path.dirname(self.path)} cannot be locked ({e.strerror}; a '
+                'network file system without locks?): training without the lock, so make '
+                'sure no other train.py uses this workdir', file=sys.stderr, flush=True)
+          break
         holder = _read(fd)
         os.close(fd)
         raise UserError(
@@ -54,18 +61,22 @@ class Lock:
       if same:
         break
       os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode())
+    try:
+      os.ftruncate(fd, 0)
+      os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode())
+    except OSError as e:  # a full disk: take nothing, leave no empty lock file behind
+      os.close(fd)
+      _remove(self.path)
+      raise UserError(f'cannot write to the workdir {os.path.dirname(self.path)} '
+                      f'({e.strerror}: {FILENAME}); free disk space, or use another '
+                      '--workdir') from e
     self._fd = fd
     return self
 
   def release(self) -> None:
     if self._fd is None:
       return
-    try:
-      os.remove(self.path)  # before unlocking, so no one locks a file about to go
-    except OSError:
-      pass
+    _remove(self.path)  # before unlocking, so no one locks a file about to go
     os.close(self._fd)
     self._fd = None
 
@@ -84,6 +95,39 @@ def _read(fd: int) -> str:
   return text or 'pid unknown'
 
 
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def expand(workdir: str) -> str:
+  """`~` expanded: a quoted --workdir='~/runs/x' reaches us unexpanded, and a folder
+  named '~' in the current directory is never what was meant."""
+  return os.path.expanduser(workdir) if workdir else workdir
+
+
+def identity(workdir: str) -> tuple:
+  """What tells the workdir apart from a folder later put at its path."""
+  st = os.stat(workdir)
+  return st.st_dev, st.st_ino
+
+
+def check_in_place(workdir: str, expected: tuple, step: int) -> None:
+  """Raises UserError when the workdir was moved, replaced or deleted since
+  `identity` gave `expected` (writing on would scatter the run over two folders)."""
+  try:
+    same = identity(workdir) == expected
+  except OSError:
+    same = False
+  if not same:
+    raise UserError(f'the workdir {workdir} was moved, replaced or deleted while training '
+                    f'(noticed at step {step}; nothing more was written); rerun the same '
+                    'command with --workdir at its new place to resume from its newest '
+                    'checkpoint')
+
+
 def make(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f'--workdir={workdir} is a file, not a directory; use another --workdir')
@@ -92,29 +136,3 @@ def make(workdir: str) -> None:
   except OSError as e:
     raise UserError(f'cannot create the workdir {workdir} ({e.strerror}); check the path '
                     'and its permissions, or use another --workdir') from e
-
-
-# errno values that mean the storage, not the program, failed.
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO,
-                   errno.ENOENT)
-_STORAGE_WORDS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system',
-                  'Permission denied', 'No such file or directory', 'NOT_FOUND',
-                  'No ArrayMetadata found', 'params are missing')
-# What orbax's messages mean where their own words would not say it.
-_REMOVED = 'files of a checkpoint were removed while it was being written'
-_MEANING = {'No ArrayMetadata found': _REMOVED, 'params are missing': _REMOVED}
-
-
-def storage_problem(error: BaseException) -> Optional[str]:
-  """The storage failure in an exception's chain (one line), or None."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-      return f'{error.strerror}: {error.filename}' if error.filename else error.strerror
-    text = ' '.join(str(error).split())
-    for words in _STORAGE_WORDS:
-      if words in text:
-        return _MEANING.get(words, words if len(text) > 200 else text)
-    error = error.__cause__ or error.__context__
-  return None

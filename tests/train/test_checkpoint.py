@@ -192,7 +192,7 @@ def test_killed_mid_save_keeps_previous(tmp_path):
   assert os.listdir(tmp_path / 'checkpoints') == ['2']  # Leftover tmp removed.
 
 
-def test_corrupt_newest_falls_back_and_good_step_survives(tmp_path, caplog, capsys):
+def test_corrupt_newest_falls_back_and_good_step_survives(tmp_path, capsys):
   _save(tmp_path, [1, 2], max_to_keep=2)
   _truncate_data(tmp_path / 'checkpoints' / '2')
   target = _abstract(_state(1))
@@ -203,7 +203,6 @@ def test_corrupt_newest_falls_back_and_good_step_survives(tmp_path, caplog, caps
   err = capsys.readouterr().err
   assert 'checkpoint step 2 is unreadable (' in err
   assert 'falling back to step 1' in err
-  assert any('checkpoint step 2 is unreadable' in r.getMessage() for r in caplog.records)
   # Step 2 is moved out of orbax's view, so it no longer counts towards
   # max_to_keep: saving 3 and 4 never leaves zero readable checkpoints.
   assert ckpt.all_steps() == [1]
@@ -271,10 +270,11 @@ def test_no_readable_checkpoint_raises_and_moves_nothing(tmp_path):
   wrong = _abstract(_state(1))
   wrong['params']['extra'] = jax.ShapeDtypeStruct((3,), jnp.float32)
   before = _listing(tmp_path)
-  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
-    with pytest.raises(UserError, match='no readable checkpoint.*step 2'):
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:  # another model: no fall back
+    with pytest.raises(UserError, match=r'step 2 .* holds another model than the config '
+                       r'\(params.extra is missing there\)'):
       ckpt.restore(wrong)
-    with pytest.raises(UserError, match='step 1 .* unreadable'):
+    with pytest.raises(UserError, match=r'step 1 .* holds another model'):
       ckpt.restore(wrong, step=1)
   assert _listing(tmp_path) == before
 

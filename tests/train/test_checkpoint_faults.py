@@ -195,3 +195,20 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint(copy, capsys):
   assert 'step 2 is unreadable (ValueError: checksum mismatch' in capsys.readouterr().err
   assert os.listdir(os.path.join(copy, 'corrupt_checkpoints')) == ['2-1']
   assert_bitwise(state.params, restore_run(copy, run_config_of(), step=1)[0].params)
+
+
+@pytest.mark.parametrize('which', ['newest', 'between'])
+def test_a_step_that_lost_its_checksums_is_flagged(which, saved, capsys):
+  """checksums.json deleted (and a byte flipped) while the other steps keep theirs."""
+  with Checkpointer(saved) as ckpt:
+    ckpt.save(3, _state(3))
+  lost = 3 if which == 'newest' else 2
+  os.remove(os.path.join(_step_dir(saved, lost), checksums.FILENAME))
+  if which == 'between':
+    _flip_first_data_byte(saved, 3)  # the newest fails its checksums: 2 is next
+  _, step = _restore(saved)
+  assert step == lost
+  lines = [l for l in capsys.readouterr().err.splitlines() if 'has no checksums.json' in l]
+  others = [s for s in (1, 2, 3) if s != lost]
+  assert len(lines) == 1 and f'step {lost} has no checksums.json although steps {others}' in \
+      lines[0] and 'restoring it unverified' in lines[0], lines

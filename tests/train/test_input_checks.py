@@ -8,7 +8,7 @@ import pytest
 from eiw_jax import train as train_lib
 from eiw_jax.errors import UserError
 
-from helpers import (run_config_of, smoke_config)
+from helpers import committed, run_config_of, smoke_config
 
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -58,6 +58,9 @@ BAD_VALUES = {
     'log_every_0': ({'train.log_every': 0}, 'train.log_every must be an integer >= 1'),
     'checkpoint_every_0': ({'train.checkpoint_every': 0}, 'train.checkpoint_every must be'),
     'eval_examples_0': ({'train.eval_examples': 0}, 'train.eval_examples must be'),
+    'seed_2_63': ({'train.seed': 2**63}, 'the seed must be an integer in 0..9223372036854775807'),
+    'seed_2_64': ({'train.seed': 2**64}, 'the seed must be an integer in 0..'),
+    'seed_negative': ({'train.seed': -1}, 'the seed must be an integer in 0..'),
 }
 
 
@@ -175,3 +178,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
   msg = str(e.value)
   assert '\n' not in msg and all(w in msg for w in words), msg
   assert not workdir.exists()
+
+
+def test_the_largest_seed_trains(copy, no_eval):
+  cfg = run_config_of()
+  cfg.train.update(seed=2**63 - 1, num_steps=3)
+  train_lib.train_and_evaluate(cfg, copy)
+  assert committed(copy)[-1] == 3

@@ -48,7 +48,7 @@ def test_training_writes_metrics_checkpoints_and_samples(trained):
   # The Shuffle's state per transition: set changes since the last log, Q's entropy.
   assert all(l['split_changes_1'] in (0, 1, 2) and 0 < l['q_entropy_1'] <= np.log(16) + 1e-5
              for l in lines)
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['0', '2', '4']  # 0: the init
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_00000004.png'))
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert os.listdir(os.path.join(workdir, 'tb'))
@@ -84,7 +84,7 @@ def test_max_minutes_stops_at_a_logged_step_evaluates_saves_and_resumes(tmp_path
   assert 'train.max_minutes=1e-09 reached: stopped at step 2 of 6' in capsys.readouterr().err
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [l['step'] for l in lines] == [2] and 'test_bpd' in lines[0]
-  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['2']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['0', '2']
   train_lib.train_and_evaluate(smoke_config(num_steps=6), workdir)  # no limit: on to the end
   assert 'resumed from step 2' in capsys.readouterr().err
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']

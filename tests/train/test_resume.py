@@ -40,7 +40,8 @@ def test_resume_with_clipping_ema_and_another_lr(copy, capsys, no_eval):
 def test_wrong_model_without_config_json_rewrites_nothing(copy, capsys, no_eval):
   os.remove(os.path.join(copy, 'config.json'))
   before = snapshot(copy)
-  with pytest.raises(UserError, match='no readable checkpoint'):
+  with pytest.raises(UserError, match=r'holds another model than the config \(params\..* is '
+                     r'\(1, 8\) there, \(1, 16\) here\)'):
     train_lib.train_and_evaluate(run_config_of(**{'model.hidden': 16}), copy)
   assert snapshot(copy) == before
   train_lib.train_and_evaluate(run_config_of(), copy)  # the right command still works

@@ -9,7 +9,7 @@ from eiw_jax.errors import UserError
 from eiw_jax.train import runs
 from eiw_jax.train.checkpoint import Checkpointer
 
-from helpers import (corrupt, run_config_of, snapshot)
+from helpers import corrupt, one_error, run_config_of, run_script, snapshot
 
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -35,3 +35,43 @@ def test_corrupt_config_json_seen_by_eval(copy):
     f.write('{"model": {"hidden": 8,')
   with pytest.raises(UserError, match='config.json is unreadable .*pass --config='):
     runs.saved_config(copy)
+
+
+def test_an_edited_config_json_is_one_line_from_eval(copy, env):
+  """A real eval.py: the checkpoints are intact but hold another model than the edited
+  config.json says; stderr is that one line (no orbax or asyncio traceback)."""
+  path = os.path.join(copy, 'config.json')
+  text = open(path).read()
+  assert '"hidden": 8,' in text
+  open(path, 'w').write(text.replace('"hidden": 8,', '"hidden": 16,'))
+  before = snapshot(copy)
+  proc = run_script(env, 'eval.py', f'--workdir={copy}', '--mode=bpd')
+  assert proc.returncode == 2
+  assert [l for l in proc.stderr.splitlines() if l.strip()] == [one_error(proc.stderr)]
+  line = one_error(proc.stderr)
+  assert 'holds another model than the config' in line and '(1, 8) there, (1, 16) here' in line
+  assert 'unreadable' not in line and snapshot(copy) == before
+
+
+def test_changed_settings_are_named_once(copy, capfd):
+  """As eval.py shows absl's log (INFO and up on stderr), the note is still one line."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.use_absl_handler()
+  old = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)
+  try:
+    runs.load_for_eval(run_config_of(**{'optim.lr': 5e-4}), copy)
+  finally:
+    logging.set_verbosity(old)
+  err = capfd.readouterr().err
+  assert err.count('restored under changed settings') == 1, err
+  assert 'optim.lr 0.001 -> 0.0005' in err
+
+
+def test_an_eval_seed_out_of_range_is_one_line_before_anything(copy):
+  from eiw_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  before = snapshot(copy)
+  with pytest.raises(UserError, match=r'the seed must be an integer in 0\.\.9223372036854775807, '
+                     r'got 18446744073709551616; set --seed=0'):
+    evaluate.run_mode(None, copy, 'bpd', seed=2**64)
+  assert snapshot(copy) == before
