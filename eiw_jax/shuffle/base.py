@@ -109,10 +109,12 @@ class ShuffleBase(Bijector):
   def forward_with_kl(self, u):
     """Inference direction with the penalty: returns (û [B,H,W,4C], KL scalar).
 
-    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection;
+    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection,
+    and u itself into 'intermediates' when that is mutable (eiw_jax.shuffle_info);
     in a training apply the order is refreshed first (`refresh`).
     """
     self._check(u)
+    self.sow('intermediates', 'u', u)
     self.refresh()
     kl, fit = self.penalties(u, self.live_scores())
     if fit is not None:
