@@ -60,13 +60,26 @@ def apply(model: EIWFlow, variables: Variables, where: str, *args, **kwargs):
 
 
 @functools.lru_cache(maxsize=16)
-def _init_program(model: EIWFlow, continuous: bool):
+def _init_program(model: EIWFlow, continuous: bool, top_level: bool):
   """One jitted init per model: it compiles once per input shape and dtype. It runs
-  once, so only its compile time matters: on CPU at LLVM's optimisation level 1, as
-  train.py's init (eiw_jax/train/xla_options.py, "Programs that run once")."""
+  once, so only its compile time matters: called at the top level on CPU, it compiles
+  at LLVM's optimisation level 1, as train.py's init (eiw_jax/train/xla_options.py,
+  "Programs that run once"). Inside another jit the caller's options apply."""
   method = EIWFlow.init_continuous if continuous else None
-  options = {'xla_backend_optimization_level': 1} if jax.default_backend() == 'cpu' else {}
+  cpu = top_level and jax.default_backend() == 'cpu'
+  options = {'xla_backend_optimization_level': 1} if cpu else None
   return jax.jit(lambda rngs, x: model.init(rngs, x, method=method), compiler_options=options)
+
+
+def _run_init(model, continuous, rngs, images):
+  if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((rngs, images))):
+    return _init_program(model, continuous, False)(rngs, images)  # traced by the caller
+  try:
+    return _init_program(model, continuous, True)(rngs, images)
+  except ValueError as e:  # concrete inputs, but inside a caller's jit after all
+    if 'compiler_options' not in str(e):
+      raise
+    return _init_program(model, continuous, False)(rngs, images)
 
 
 def init(model: EIWFlow, rng: jax.Array, images: jax.Array) -> dict:
@@ -91,8 +104,7 @@ def init(model: EIWFlow, rng: jax.Array, images: jax.Array) -> dict:
                     '(ActNorm) divides by a spread of ~0 and log_prob will be far off; '
                     'initialise on a batch of real, varied images', stacklevel=2)
   params_rng, call_rng = jax.random.split(rng)
-  variables = _init_program(model, continuous)({'params': params_rng, **rngs_for(call_rng)},
-                                               images)
+  variables = _run_init(model, continuous, {'params': params_rng, **rngs_for(call_rng)}, images)
   return {k: v for k, v in variables.items() if k != FIT_COLLECTION}
 
 

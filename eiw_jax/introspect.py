@@ -20,7 +20,7 @@ from eiw_jax.api import Variables, apply, latent_shapes
 from eiw_jax.model import EIWFlow, rngs_for
 from eiw_jax.shuffle import (factored_mask, transition_permutations, transition_scores,
                              unit_statistic)
-from eiw_jax.shuffle.base import FIT_COLLECTION
+from eiw_jax.shuffle.base import FIT_COLLECTION, INPUT_COLLECTION
 from eiw_jax.shuffle.nets import Guider
 
 
@@ -73,13 +73,13 @@ def shuffle_info(model: EIWFlow, variables: Variables, images: Optional[jax.Arra
     rng = checks.check_rng(rng, 'shuffle_info')
     (_, kls), state = apply(
         model, variables, 'shuffle_info', images, rngs=rngs_for(rng),
-        mutable=['intermediates', FIT_COLLECTION],
+        mutable=['intermediates', FIT_COLLECTION, INPUT_COLLECTION],
         capture_intermediates=lambda module, method: isinstance(module, Guider))
     captured = state.get('intermediates', {}).get('flow', {})
+    inputs = state[INPUT_COLLECTION]['flow']
     for k, info in enumerate(out):
-      sown = captured.get(f'shuffle_{k}', {})
-      logits = sown.get('guider', {}).get('__call__')
-      u = sown['u'][0]  # [B, H_k/2, W_k/2, 4C]
+      logits = captured.get(f'shuffle_{k}', {}).get('guider', {}).get('__call__')
+      u = inputs[f'shuffle_{k}']['u'][0]  # [B, H_k/2, W_k/2, 4C]
       info.update(statistic=jnp.mean(unit_statistic(u, settings.statistic, settings.unit), 0),
                   p=None if logits is None else jax.nn.softmax(logits[0], axis=-1), kl=kls[k])
   return out
