@@ -116,7 +116,8 @@ class ShuffleBase(Bijector):
     in a training apply the order is refreshed first (`refresh`).
     """
     self._check(u)
-    self.sow(INPUT_COLLECTION, 'u', u)
+    if not self.is_initializing():  # init makes every collection mutable: not for this one
+      self.sow(INPUT_COLLECTION, 'u', u)
     self.refresh()
     kl, fit = self.penalties(u, self.live_scores())
     if fit is not None:
