@@ -11,7 +11,7 @@ and `jax.vmap`.
 `forward`/`encode`) are floats in [-0.5, 0.5) (`to_continuous`). `variables` is
 the dict flax returns: {'params': ..., 'consts': ...}; pass all of it. Inputs are
 checked where they enter (eiw_jax/checks.py): shapes and dtypes when traced,
-values when concrete.
+values when concrete or in the checked mode (`eiw_jax.checked`).
 
 Randomness: `rng` feeds the dequantisation noise (and DenseFlow's augmentation
 noise). Image i of a batch draws from fold_in(key, i), so an image's log_prob
@@ -20,37 +20,121 @@ a fixed key, jax.random.key(0).
 """
 from __future__ import annotations
 
+import functools
+import re
+import warnings
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eiw_jax import checks
 from eiw_jax.backbones.ffjord import NFE_COLLECTION, PENALTY_COLLECTION
+from eiw_jax.errors import UserError
 from eiw_jax.losses import objective
 from eiw_jax.model import EIWFlow, rngs_for, to_discrete
-from eiw_jax.shuffle import factored_mask, transition_permutations, transition_scores
 from eiw_jax.shuffle.base import FIT_COLLECTION
-from eiw_jax.shuffle.nets import Guider
+
+Variables = Mapping[str, Any]  # {'params': ..., 'consts': ...}, as init returns it
+Latents = List[jax.Array]      # [z_1, ..., z_K], each [B, H_k, W_k, C_k]
 
 
-def _key(rng):
-  return jax.random.key(0) if rng is None else rng
+def apply(model: EIWFlow, variables: Variables, where: str, *args, **kwargs):
+  """model.apply with the variables checked, flax's scope errors as one-line UserErrors."""
+  checks.check_variables(variables, where)
+  try:
+    return model.apply(variables, *args, **kwargs)
+  except flax.errors.ScopeCollectionNotFound as e:
+    found = re.search(r'collection "(\w+)"', str(e))
+    name = found.group(1) if found else 'consts'
+    raise UserError(f'{where}: the variables lack the {name!r} collection this model needs; pass '
+                    "the whole dict init returned, e.g. {**variables, 'params': params}") from None
+  except (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeParamShapeError,
+          flax.errors.ScopeVariableNotFoundError) as e:
+    found = re.search(r'"([^"]+)" in "([^"]+)"', str(e))
+    what = f' ({found.group(2)}/{found.group(1)})' if found else ''
+    raise UserError(f'{where}: the variables do not fit this model{what}; pass the variables '
+                    'that init (or load_run) gave for this model') from None
 
 
-def init(model: EIWFlow, rng, images):
-  """Data-dependent initialisation on a batch of integer images. Returns variables."""
-  checks.check_images(model, images, 'init')
+@functools.lru_cache(maxsize=16)
+def _init_program(model: EIWFlow, continuous: bool, top_level: bool):
+  """One jitted init per model: it compiles once per input shape and dtype. It runs
+  once, so only its compile time matters: called at the top level on CPU, it compiles
+  at LLVM's optimisation level 1, as train.py's init (eiw_jax/train/xla_options.py,
+  "Programs that run once"). Inside another jit the caller's options apply."""
+  method = EIWFlow.init_continuous if continuous else None
+  cpu = top_level and jax.default_backend() == 'cpu'
+  options = {'xla_backend_optimization_level': 1} if cpu else None
+  return jax.jit(lambda rngs, x: model.init(rngs, x, method=method), compiler_options=options)
+
+
+def _run_init(model, continuous, rngs, images):
+  if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((rngs, images))):
+    return _init_program(model, continuous, False)(rngs, images)  # traced by the caller
+  try:
+    return _init_program(model, continuous, True)(rngs, images)
+  except ValueError as e:  # concrete inputs, but inside a caller's jit after all
+    if 'compiler_options' not in str(e):
+      raise
+    return _init_program(model, continuous, False)(rngs, images)
+
+
+def init(model: EIWFlow, rng: jax.Array, images: jax.Array) -> dict:
+  """Data-dependent initialisation on a batch. Returns variables.
+
+  `images` are integer images [B, H, W, C], or continuous y (floats, e.g. a
+  dequantised batch or the data of a flow used as a prior over continuous
+  values). A batch with a constant channel is initialised but warned about:
+  ActNorm scales by the batch's spread.
+  """
+  rng = checks.check_rng(rng, 'init')
+  continuous = hasattr(images, 'dtype') and jnp.issubdtype(images.dtype, jnp.floating)
+  if continuous:
+    checks.check_continuous(model, images, 'init', bounded=False)
+  else:
+    checks.check_images(model, images, 'init')
+  if checks.is_concrete(images):
+    values = np.asarray(images)
+    flat = values.reshape(-1, values.shape[-1])
+    if np.any(flat.min(0) == flat.max(0)):
+      warnings.warn('init: a channel of the batch is constant, so the data-dependent init '
+                    '(ActNorm) divides by a spread of ~0 and log_prob will be far off; '
+                    'initialise on a batch of real, varied images', stacklevel=2)
   params_rng, call_rng = jax.random.split(rng)
-  variables = jax.jit(model.init)({'params': params_rng, **rngs_for(call_rng)}, images)
+  variables = _run_init(model, continuous, {'params': params_rng, **rngs_for(call_rng)}, images)
   return {k: v for k, v in variables.items() if k != FIT_COLLECTION}
 
 
-def log_prob(model: EIWFlow, variables, images, rng=None):
+def log_prob(model: EIWFlow, variables: Variables, images: jax.Array,
+             rng: Optional[jax.Array] = None) -> jax.Array:
   """Lower bound on log P(x) per integer image, in nats: [B]."""
   checks.check_images(model, images, 'log_prob')
-  return model.apply(variables, images, rngs=rngs_for(_key(rng)))[0]
+  rng = checks.check_rng(rng, 'log_prob')
+  return apply(model, variables, 'log_prob', images, rngs=rngs_for(rng))[0]
 
 
-def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
+def log_prob_continuous(model: EIWFlow, variables: Variables, y: jax.Array,
+                        rng: Optional[jax.Array] = None) -> jax.Array:
+  """log p(y) per continuous y [B, H, W, C], in nats: [B].
+
+  The flow's density on real y, log N(z; 0, I) + log|det dz/dy|, with every split
+  prior ('standard' or 'conditional') and the learned base inside z and the logdet:
+  no dequantisation, no bin width. Any finite y is accepted (the model was trained
+  on [-0.5, 0.5)). With DenseFlow's augmentation it is the one-sample bound that
+  `rng`'s noise gives.
+  """
+  checks.check_continuous(model, y, 'log_prob_continuous', bounded=False)
+  rng = checks.check_rng(rng, 'log_prob_continuous')
+  return apply(model, variables, 'log_prob_continuous', y, method=EIWFlow.latent_log_prob,
+               rngs=rngs_for(rng))
+
+
+def loss(model: EIWFlow, variables: Variables, images: jax.Array,
+         rng: Optional[jax.Array] = None,
+         kl_weight: Optional[float] = None) -> Tuple[jax.Array, dict]:
   """Eq. 12 on a batch: (scalar loss in nats, metrics dict with bpd, loss_bpd, kl).
 
   The loss also holds the Shuffle reading's own fitting loss (metric
@@ -59,11 +143,13 @@ def loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   of the forward solves (all scales and blocks), and metric `ode_penalty` the
   kinetic / Jacobian regularisers (model.ffjord.*_weight > 0), added to the loss.
   """
-  (value, metrics), _ = _objective(model, variables, images, rng, kl_weight, [])
+  (value, metrics), _ = _objective(model, variables, images, rng, kl_weight, [], 'loss')
   return value, metrics
 
 
-def train_loss(model: EIWFlow, variables, images, rng, kl_weight=None):
+def train_loss(model: EIWFlow, variables: Variables, images: jax.Array,
+               rng: Optional[jax.Array] = None,
+               kl_weight: Optional[float] = None) -> Tuple[jax.Array, dict, dict]:
   """`loss` in training mode: (loss, metrics, consts). The model's constants are
   updated as training updates them: a model that normalises with batch statistics
   (model.denseflow.norm='batch') uses this batch's and moves their running averages
@@ -71,14 +157,16 @@ def train_loss(model: EIWFlow, variables, images, rng, kl_weight=None):
   every model.shuffle_refresh_every of them (eiw_jax/shuffle/base.py). Put `consts`
   back into the variables with the update of the parameters; `loss`, `log_prob` and
   `sample` then use them as they are."""
-  (value, metrics), state = _objective(model, variables, images, rng, kl_weight, ['consts'])
+  (value, metrics), state = _objective(model, variables, images, rng, kl_weight, ['consts'],
+                                       'train_loss')
   return value, metrics, state.get('consts', {})
 
 
-def _objective(model, variables, images, rng, kl_weight, mutable):
-  checks.check_images(model, images, 'loss')
-  (lp, kls), state = model.apply(
-      variables, images, rngs=rngs_for(rng),
+def _objective(model, variables, images, rng, kl_weight, mutable, where):
+  checks.check_images(model, images, where)
+  rng = checks.check_rng(rng, where)
+  (lp, kls), state = apply(
+      model, variables, where, images, rngs=rngs_for(rng),
       mutable=[*mutable, FIT_COLLECTION, NFE_COLLECTION, PENALTY_COLLECTION])
   sown = state.pop(FIT_COLLECTION, {})
   nfe = jax.tree.leaves(state.pop(NFE_COLLECTION, {}))
@@ -94,93 +182,92 @@ def _objective(model, variables, images, rng, kl_weight, mutable):
   return (value, metrics), state
 
 
-def shuffle_info(model: EIWFlow, variables, images=None, rng=None) -> list:
-  """What each transition's Shuffle does: one dict per transition k = 1..K-1
-  ([] for the vanilla flow).
-
-  From the variables alone:
-    perm: [4C] int32, the permutation the shuffler applies (û = u[..., perm]; the
-      first 2C go on, the last 2C are factored out);
-    factored: [4C] bool, True for the channels of u_k that are factored out;
-    q: [number of units], the solver's live Q (sums to 1), for the readings with a
-      solver, else None (a unit is a channel of u_k, or a map of four channels
-      with model.shuffle_unit='map').
-  Given integer `images` [B, H, W, C] (dequantised with `rng`), also:
-    p: [B, number of units], the guider's P per image (rows sum to 1), for the
-      readings with a guider, else None;
-    kl: scalar, the transition's KL of Eq. 11 on this batch (before λ).
-  """
-  flow = model.flow
-  params = variables['params'].get('flow', {})
-  consts = variables.get('consts', {}).get('flow', {})
-  channels = [2 * shape[-1] for shape in latent_shapes(model, variables)[:-1]]  # 4C = 2 |z_k|
-  used = transition_permutations(flow, params, channels, consts)
-  live = transition_scores(flow, params, channels)
-  out = []
-  for k, perm in enumerate(used):
-    solver = flow.shuffle_settings.mode in ('kl', 'likelihood')
-    q = jax.nn.softmax(live[k]) if solver else None
-    out.append(dict(perm=perm, factored=factored_mask(perm), q=q))
-  if images is not None and out:
-    checks.check_images(model, images, 'shuffle_info')
-    (_, kls), state = model.apply(
-        variables, images, rngs=rngs_for(_key(rng)), mutable=['intermediates', FIT_COLLECTION],
-        capture_intermediates=lambda module, method: isinstance(module, Guider))
-    captured = state.get('intermediates', {}).get('flow', {})
-    for k, info in enumerate(out):
-      logits = captured.get(f'shuffle_{k}', {}).get('guider', {}).get('__call__')
-      info.update(p=None if logits is None else jax.nn.softmax(logits[0], axis=-1), kl=kls[k])
-  return out
-
-
-def forward(model: EIWFlow, variables, y, rng=None):
-  """Continuous y [B, H, W, C] -> (latents [z_1..z_K], logdet [B]): the flow's
-  data-to-latent map and log|det dz/dy|, as every bijector's `forward`.
+def forward(model: EIWFlow, variables: Variables, y: jax.Array,
+            rng: Optional[jax.Array] = None) -> Tuple[Latents, jax.Array]:
+  """Continuous y [B, H, W, C] in [-0.5, 0.5] -> (latents [z_1..z_K], logdet [B]):
+  the flow's data-to-latent map and log|det dz/dy|, as every bijector's `forward`.
 
   `rng` feeds the noise of augmented flows (DenseFlow's cross-unit coupling).
   The Shuffle's KL is in `shuffle_info`.
   """
   checks.check_continuous(model, y, 'forward')
-  latents, logdet, _ = model.apply(variables, y, method=EIWFlow.encode,
-                                   rngs=rngs_for(_key(rng)))
+  return _forward(model, variables, y, rng, 'forward')
+
+
+def forward_unbounded(model: EIWFlow, variables: Variables, y: jax.Array,
+                      rng: Optional[jax.Array] = None, where: str = 'forward'):
+  """`forward` on any finite y (the range unchecked: the distribution face's event
+  space is all real y)."""
+  checks.check_continuous(model, y, where, bounded=False)
+  return _forward(model, variables, y, rng, where)
+
+
+def _forward(model, variables, y, rng, where):
+  rng = checks.check_rng(rng, where)
+  latents, logdet, _ = apply(model, variables, where, y, method=EIWFlow.encode,
+                             rngs=rngs_for(rng))
   return latents, logdet
 
 
-def inverse(model: EIWFlow, variables, latents):
+def inverse(model: EIWFlow, variables: Variables,
+            latents: Sequence[jax.Array]) -> Tuple[jax.Array, jax.Array]:
   """Latents [z_1..z_K] -> (continuous y [B, H, W, C], log|det dy/dz| [B])."""
-  checks.check_latents(model, latents, 'inverse')
-  return model.apply(variables, list(latents), method=EIWFlow.decode)
+  return _inverse(model, variables, latents, 'inverse')
 
 
-def encode(model: EIWFlow, variables, y, rng=None):
+def _inverse(model, variables, latents, where):
+  checks.check_variables(variables, where)
+  shapes = [s[1:] for s in latent_shapes(model, variables)]
+  checks.check_latents(model, latents, where, shapes)
+  return apply(model, variables, where, list(latents), method=EIWFlow.decode)
+
+
+def encode(model: EIWFlow, variables: Variables, y: jax.Array,
+           rng: Optional[jax.Array] = None) -> Latents:
   """Continuous y -> per-scale latents [z_1..z_K], each ~N(0, I) under the model."""
-  return forward(model, variables, y, rng)[0]
+  checks.check_continuous(model, y, 'encode')
+  return _forward(model, variables, y, rng, 'encode')[0]
 
 
-def decode(model: EIWFlow, variables, latents):
+def decode(model: EIWFlow, variables: Variables, latents: Sequence[jax.Array]) -> jax.Array:
   """Per-scale latents -> continuous y."""
-  return inverse(model, variables, latents)[0]
+  return _inverse(model, variables, latents, 'decode')[0]
 
 
-def latent_shapes(model: EIWFlow, variables, batch_size: int = 1):
+_SHAPES: dict = {}  # model -> per-image latent shapes (they depend on the model alone)
+
+
+def latent_shapes(model: EIWFlow, variables: Variables,
+                  batch_size: int = 1) -> List[Tuple[int, ...]]:
   """Shapes [B, H_k, W_k, C_k] of the per-scale latents for `batch_size` images
   (no computation; `unflatten_latents` takes them as they are)."""
-  y = jax.ShapeDtypeStruct((batch_size, *model.image_shape), jnp.float32)
-  out = jax.eval_shape(lambda v, y: forward(model, v, y)[0], variables, y)
-  return [z.shape for z in out]
+  per_image = _SHAPES.get(model)
+  if per_image is None:
+    checks.check_variables(variables, 'latent_shapes')
+    y = jax.ShapeDtypeStruct((1, *model.image_shape), jnp.float32)
+    out = jax.eval_shape(lambda v, y: apply(model, v, 'latent_shapes', y, method=EIWFlow.encode,
+                                            rngs=rngs_for(jax.random.key(0)))[0], variables, y)
+    per_image = [tuple(z.shape[1:]) for z in out]
+    if len(_SHAPES) >= 32:
+      _SHAPES.clear()
+    _SHAPES[model] = per_image
+  return [(batch_size, *s) for s in per_image]
 
 
-def sample_latents(model: EIWFlow, variables, rng, n: int, temperature: float = 1.0):
+def sample_latents(model: EIWFlow, variables: Variables, rng: jax.Array, n: int,
+                   temperature: float = 1.0) -> Latents:
   """z ~ N(0, T^2 I) at every scale."""
   checks.check_sampling(n, temperature, 'sample_latents')
+  rng = checks.check_rng(rng, 'sample_latents')
   shapes = latent_shapes(model, variables, n)
   keys = jax.random.split(rng, len(shapes))
   return [temperature * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
 
 
-def sample(model: EIWFlow, variables, rng, n: int, temperature: float = 1.0):
-  """n integer images [n, H, W, C] in [0, 2^b) from the model at temperature T >= 0."""
+def sample(model: EIWFlow, variables: Variables, rng: jax.Array, n: int,
+           temperature: float = 1.0) -> jax.Array:
+  """n integer images [n, H, W, C] in [0, 2^b), uint8 like the data, from the model at
+  temperature T >= 0."""
   checks.check_sampling(n, temperature, 'sample')
   y = decode(model, variables, sample_latents(model, variables, rng, n, temperature))
-  return to_discrete(y, model.num_bits)
-
+  return to_discrete(y, model.num_bits).astype(jnp.uint8)

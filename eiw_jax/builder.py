@@ -9,7 +9,7 @@ brought to today's keys by `eiw_jax.config.upgrade` before it gets here.
 """
 from __future__ import annotations
 
-import difflib
+from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +18,7 @@ from eiw_jax import shuffle
 from eiw_jax.backbones import BACKBONES
 from eiw_jax.bijectors.scan import REMAT_POLICIES
 from eiw_jax.dequant import UniformDequantizer, VariationalDequantizer
-from eiw_jax.errors import UserError, positive_int
+from eiw_jax.errors import UserError, positive_int, refuse_unknown
 from eiw_jax.flow import MultiScaleFlow
 from eiw_jax.model import EIWFlow
 
@@ -59,25 +59,17 @@ def _keys() -> dict:
   )
 
 
-def model_config(**overrides) -> ml_collections.ConfigDict:
+def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   """Every model key with its default: the Glow backbone and the paper's Shuffle,
   or with `backbone='denseflow'` / `'ffjord'` that backbone's defaults (DenseFlow-74-10,
   a multi-scale FFJORD); `overrides` are applied last."""
   cfg = ml_collections.ConfigDict(_keys())
-  _refuse_unknown(overrides, cfg, 'model key')
+  refuse_unknown(overrides, cfg, 'model key')
   cfg.backbone = overrides.get('backbone', cfg.backbone)
   _check_choice(cfg, 'backbone', tuple(BACKBONES))
   cfg.update(BACKBONES[cfg.backbone].model_defaults())
   cfg.update(overrides)
   return cfg
-
-
-def _refuse_unknown(keys, known, what: str, prefix: str = '') -> None:
-  unknown = sorted(set(keys) - set(known))
-  if unknown:
-    near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-    hint = f'did you mean {prefix}{near[0]}?' if near else f'the keys are: {", ".join(sorted(known))}'
-    raise UserError(f'unknown {what} {prefix}{unknown[0]!r}; {hint}')
 
 
 def check_structure(config) -> None:
@@ -91,7 +83,7 @@ def check_structure(config) -> None:
     if group not in config:
       raise UserError(f'the config has no {group!r} group; give config.{group} ({example})')
   keys = _keys()
-  _refuse_unknown(config.model.keys(), keys, 'key', 'model.')
+  refuse_unknown(config.model.keys(), keys, 'key', 'model.')
   for group, needed in (('model', keys), ('data', DATA_KEYS)):
     missing = [k for k in needed if k not in config[group]]
     if missing:
@@ -100,13 +92,13 @@ def check_structure(config) -> None:
       raise UserError(f'config.{group} has no key {missing[0]!r}; {hint}')
 
 
-def validate(config) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses configurations that cannot build a working model (UserError, one line)."""
   check_structure(config)
   m, d = config.model, config.data
   if not positive_int(m.num_scales):
     raise UserError(f'model.num_scales must be >= 1 (an integer), got {m.num_scales!r}; '
-                    'set --config.model.num_scales=2')
+                    'set config.model.num_scales=2')
   if not 0 <= m.kl_weight < float('inf'):  # NaN too
     raise UserError(f'model.kl_weight (lambda) must be >= 0 and finite, got {m.kl_weight}; '
                     'the paper uses 1e-3')
@@ -115,13 +107,13 @@ def validate(config) -> None:
   for key in ('image_size', 'channels'):
     if not positive_int(d[key]):
       raise UserError(f'data.{key} must be an integer >= 1, got {d[key]!r}; '
-                      f'set --config.data.{key}')
+                      f'set config.data.{key}')
   _check_sizes(m)
   factor = 2 ** (m.num_scales - 1 + int(m.initial_squeeze))
   if d.image_size % factor:
     raise UserError(
         f'data.image_size={d.image_size} is not divisible by {factor} (2^(num_scales-1'
-        f'{"+1" if m.initial_squeeze else ""})); use fewer scales (--config.model.num_scales) '
+        f'{"+1" if m.initial_squeeze else ""})); use fewer scales (config.model.num_scales) '
         f'or an image size divisible by {factor}')
   _check_choice(m, 'backbone', tuple(BACKBONES))
   BACKBONES[m.backbone].check(m)
@@ -137,7 +129,7 @@ def _check_choice(m, key: str, allowed: tuple) -> None:
     names = [repr(a) for a in allowed]
     text = f'{", ".join(names[:-1])} or {names[-1]}' if len(names) > 1 else names[0]
     raise UserError(f'model.{key} must be {text}, got {m[key]!r}; '
-                    f'set --config.model.{key}={allowed[0]}')
+                    f'set config.model.{key}={allowed[0]}')
 
 
 def _check_sizes(m) -> None:
@@ -152,13 +144,13 @@ def _check_sizes(m) -> None:
   for key in keys:
     if not positive_int(m[key]):
       raise UserError(f'model.{key} must be an integer >= 1, got {m[key]!r}; set '
-                      f'--config.model.{key} (default {_keys()[key]})')
+                      f'config.model.{key} (default {_keys()[key]})')
   if m.coupling == 'affine' and not m.log_scale_bound > 0:
     raise UserError(f'model.log_scale_bound must be > 0 (log-scales are b*tanh(s/b)), got '
-                    f'{m.log_scale_bound}; set --config.model.log_scale_bound=2.0')
+                    f'{m.log_scale_bound}; set config.model.log_scale_bound=2.0')
 
 
-def build(config) -> EIWFlow:
+def build(config: ml_collections.ConfigDict) -> EIWFlow:
   """Builds the EIWFlow a config describes (config.model and config.data)."""
   validate(config)
   m, d = config.model, config.data

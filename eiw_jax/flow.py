@@ -16,7 +16,7 @@ enters the total, and both start as the identity.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -169,7 +169,7 @@ def flatten_latents(latents: Sequence[jnp.ndarray]) -> jnp.ndarray:
   return jnp.concatenate([z.reshape(z.shape[0], -1) for z in latents], axis=-1)
 
 
-def unflatten_latents(flat: jnp.ndarray, shapes: Sequence[Sequence[int]]) -> list:
+def unflatten_latents(flat: jnp.ndarray, shapes: Sequence[Sequence[int]]) -> List[jnp.ndarray]:
   """Inverse of `flatten_latents`. `shapes` are the per-scale shapes as `latent_shapes`
   gives them ([B, H_k, W_k, C_k]; B is taken from `flat`) or per image ([H_k, W_k, C_k])."""
   shapes = [tuple(s[1:]) if len(s) == 4 else tuple(s) for s in shapes]

@@ -10,6 +10,7 @@ weighs the KL D ln 2 times more; the loss itself is in nats either way.
 from __future__ import annotations
 
 import math
+from typing import Dict, Tuple, Union
 
 import jax.numpy as jnp
 
@@ -26,7 +27,7 @@ def log_likelihood_bound(log_py, log_qu, num_dims: int, num_bits: int):
   return log_py - log_qu - discretization_correction(num_dims, num_bits)
 
 
-def bits_per_dim(log_prob, num_dims: int):
+def bits_per_dim(log_prob: jnp.ndarray, num_dims: int) -> jnp.ndarray:
   """-log P(x) / (D ln 2), elementwise."""
   return -log_prob / (num_dims * LN2)
 
@@ -38,8 +39,9 @@ def kl_scale(num_dims: int, kl_units: str) -> float:
   return 1.0 if kl_units == 'nats' else num_dims * LN2
 
 
-def objective(log_prob, kls, num_dims: int, kl_weight: float, kl_units: str = 'nats',
-              fit=0.0):
+def objective(log_prob: jnp.ndarray, kls: jnp.ndarray, num_dims: int, kl_weight: float,
+              kl_units: str = 'nats', fit: Union[float, jnp.ndarray] = 0.0
+              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Eq. 12: mean_b[-log q(x_b)] + lambda * sum_k KL_k (+ fit). Returns (loss, metrics).
 
   Args:

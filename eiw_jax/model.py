@@ -18,12 +18,12 @@ from eiw_jax.flow import MultiScaleFlow
 from eiw_jax.losses import log_likelihood_bound
 
 
-def to_continuous(x, num_bits: int):
+def to_continuous(x: jnp.ndarray, num_bits: int) -> jnp.ndarray:
   """Integer image -> the centre of its bin in y space, [-0.5, 0.5)."""
   return (x.astype(jnp.float32) + 0.5) / 2**num_bits - 0.5
 
 
-def to_discrete(y, num_bits: int):
+def to_discrete(y: jnp.ndarray, num_bits: int) -> jnp.ndarray:
   """y in [-0.5, 0.5) -> integer image in [0, 2^b) (floor, clipped), int32."""
   x = jnp.floor((y + 0.5) * 2**num_bits)
   return jnp.clip(x, 0, 2**num_bits - 1).astype(jnp.int32)
@@ -59,9 +59,17 @@ class EIWFlow(nn.Module):
     return self.flow(latents, inverse=True)
 
   def latent_log_prob(self, y):
-    """log p(y) [B] of continuous y (no dequantization, no discretisation term)."""
+    """log p(y) [B] of continuous y (no dequantization, no discretisation term):
+    log N(z; 0, I) + log|det dz/dy|, z the standardised latents (every split prior's
+    and the learned base's own logdet are in the flow's)."""
     latents, logdet, _ = self.flow(y)
     return logdet + sum(standard_normal_logpdf(z) for z in latents)
+
+  def init_continuous(self, y):
+    """For `init` from continuous y: every variable, the flow's data-dependent ones
+    from y itself and the dequantizer's from the images y lies in."""
+    self.dequantizer(to_discrete(y, self.num_bits), self.num_bits)
+    return self.latent_log_prob(y)
 
 
 def rngs_for(rng) -> dict:

@@ -4,6 +4,7 @@ import functools
 import inspect
 import json
 import os
+import re
 
 import chex
 import jax
@@ -162,7 +163,8 @@ def test_shuffle_info_reports_q_the_permutation_p_and_the_kl(tiny):
   np.testing.assert_allclose(float(info['kl']), by_hand, rtol=1e-4)
   _, metrics = eiw_jax.loss(model, variables, images, key)
   np.testing.assert_allclose(float(metrics['kl']), float(info['kl']), rtol=1e-5)
-  assert set(eiw_jax.shuffle_info(model, variables)[0]) == {'perm', 'factored', 'q'}
+  assert set(eiw_jax.shuffle_info(model, variables)[0]) == {
+      'perm', 'factored', 'q', 'scores', 'live_perm', 'stale'}
 
 
 # 5. Forward-mode autodiff through the whole flow.
@@ -174,10 +176,14 @@ def test_jacfwd_through_the_flow_equals_jacrev(tiny):
   fwd = jax.jacfwd(flat)(y.reshape(-1))
   rev = jax.jacrev(flat)(y.reshape(-1))
   np.testing.assert_allclose(fwd, rev, rtol=1e-4, atol=1e-5)
-  # and its log|det| is the flow's logdet
+  # and its log|det| is the flow's logdet; with the N(0, I) of the latents, the
+  # continuous density (split_prior='standard')
   _, logdet = eiw_jax.forward(model, variables, y)
-  np.testing.assert_allclose(np.linalg.slogdet(np.asarray(fwd, np.float64))[1], float(logdet[0]),
-                             rtol=1e-4, atol=1e-3)
+  slogdet = np.linalg.slogdet(np.asarray(fwd, np.float64))[1]
+  np.testing.assert_allclose(slogdet, float(logdet[0]), rtol=1e-4, atol=1e-3)
+  z = np.asarray(flat(y.reshape(-1)), np.float64)
+  np.testing.assert_allclose(float(eiw_jax.log_prob_continuous(model, variables, y)[0]),
+                             slogdet - 0.5 * np.sum(z**2 + np.log(2 * np.pi)), rtol=1e-4, atol=1e-3)
 
 
 def test_jvp_and_hessian_of_the_loss_in_the_parameters(tiny):
@@ -263,3 +269,360 @@ def test_every_bijector_has_its_own_docstring():
   assert len(classes) >= 7
   missing = [c.__name__ for c in classes if not (c.__dict__.get('__doc__') or '').strip()]
   assert not missing, f'bijectors without a docstring: {missing}'
+
+
+# Issue 30, the API as a building block: each item through public names.
+
+def _perturbed(variables, scale=0.1, key=11):
+  """Every float parameter moved off its init, so no layer is the identity."""
+  leaves, treedef = jax.tree.flatten(variables['params'])
+  keys = jax.random.split(jax.random.key(key), len(leaves))
+  leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  return {**variables, 'params': jax.tree.unflatten(treedef, leaves)}
+
+
+@pytest.fixture(scope='module')
+def trained():
+  """Four updates of a model whose order is refreshed every 2 steps, by train.py's
+  step (the reference) and by a plain optax loop written with public names only."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from eiw_jax.train import optimizer as optimizer_lib, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(shuffle_refresh_every=2)
+  model = eiw_jax.build(config)
+  batches = [jax.random.randint(jax.random.key(20 + i), (4, *SHAPE), 0, 256).astype(jnp.uint8)
+             for i in range(4)]
+  key = jax.random.key(7)
+  reference = optimizer_lib.make_optimizer(ml_collections.ConfigDict(optimizer_lib.defaults()))
+  state = state_lib.init_state(model, reference, False, key, batches[0])
+  train_step = jax.jit(functools.partial(step_lib.train_step, model, reference, 0.0))
+  for batch in batches:
+    state, _ = train_step(state, batch)
+
+  # The custom loop: train.py's per-step key is fold_in(key, step) of the key that
+  # init_state keeps, the second half of split(key).
+  init_key, loop_key = jax.random.split(key)
+  variables = eiw_jax.init(model, init_key, batches[0])
+  opt = eiw_jax.optimizer(config)
+  opt_state = opt.init(variables['params'])
+
+  @jax.jit
+  def update(variables, opt_state, images, key):
+    def loss_fn(params):
+      loss, _, consts = eiw_jax.train_loss(model, {**variables, 'params': params}, images, key)
+      return loss, consts
+    (_, consts), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables['params'])
+    updates, opt_state = opt.update(grads, opt_state, variables['params'])
+    return {'params': optax.apply_updates(variables['params'], updates), 'consts': consts}, opt_state
+
+  perms = [np.asarray(eiw_jax.shuffle_info(model, variables)[0]['perm'])]
+  for i, batch in enumerate(batches):
+    variables, opt_state = update(variables, opt_state, batch, jax.random.fold_in(loop_key, i))
+    perms.append(np.asarray(eiw_jax.shuffle_info(model, variables)[0]['perm']))
+  return model, variables, state, perms, batches
+
+
+def test_a_plain_optax_loop_trains_the_shuffle_as_train_py_does(trained):
+  model, variables, state, perms, _ = trained
+  chex.assert_trees_all_close(variables['params'], state.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_equal(variables['consts'], state.consts)
+  used = eiw_jax.shuffle_info(model, state.variables())[0]['perm']
+  np.testing.assert_array_equal(perms[-1], used)
+  # The order is refreshed by the training applies 0 and 2 (refresh_every=2): the
+  # first takes the equal scores of init (the identity), the third the scores after
+  # two updates, which the solver's SGD has moved.
+  for before in perms[:3]:
+    np.testing.assert_array_equal(before, np.arange(16))
+  np.testing.assert_array_equal(perms[3], perms[4])
+  assert not np.array_equal(perms[4], np.arange(16)), perms
+  assert int(variables['consts']['flow']['shuffle_0']['updates']) == 4
+
+
+def test_the_optimiser_recipe_refuses_unknown_keys_and_bad_rates():
+  with pytest.raises(eiw_jax.UserError, match="unknown optim key 'optim.shufle_lr'; did you mean "
+                     'optim.shuffle_lr'):
+    eiw_jax.optimizer(shufle_lr=1.0)
+  with pytest.raises(eiw_jax.UserError, match='optim.lr must be > 0.*set config.optim.lr'):
+    eiw_jax.optimizer(tiny_config(), lr=-1.0)
+  bpd = tiny_config(kl_units='bpd', kl_weight=1.0)
+  with pytest.raises(eiw_jax.UserError, match='overshoots.*config.optim.shuffle_lr below'):
+    eiw_jax.optimizer(bpd)
+
+
+def test_config_typos_in_build_and_validate_are_refused():
+  config = tiny_config()
+  config.model.hiden = 8
+  for fn in (eiw_jax.build, eiw_jax.validate):
+    with pytest.raises(eiw_jax.UserError, match="unknown key 'model.hiden'; did you mean model.hidden"):
+      fn(config)
+  denseflow = ml_collections.ConfigDict(dict(model=eiw_jax.model_config(backbone='denseflow'),
+                                             data=dict(image_size=8, channels=1, num_bits=8)))
+  eiw_jax.validate(denseflow)  # the backbone's defaults are complete
+  denseflow.model.denseflow.net.hiden = 3
+  with pytest.raises(eiw_jax.UserError, match="'model.denseflow.net.hiden'; did you mean "
+                     'model.denseflow.net.hidden'):
+    eiw_jax.validate(denseflow)
+  ffjord = tiny_config(backbone='ffjord')
+  assert ffjord.model.ffjord.blocks >= 1
+  eiw_jax.validate(ffjord)
+  config = tiny_config()
+  config.model.num_scales = 0
+  with pytest.raises(eiw_jax.UserError) as e:  # API terms, not command-line flags
+    eiw_jax.validate(config)
+  assert 'set config.model.num_scales=2' in str(e.value) and '--' not in str(e.value)
+
+
+# Checks that hold under jit (the checked mode) and ranges outside it.
+
+def test_the_checked_mode_enforces_values_inside_jit(tiny):
+  model, variables, images, log_prob = tiny
+  key = jax.random.key(3)
+  checked_log_prob = eiw_jax.checked(lambda v, x, k: eiw_jax.log_prob(model, v, x, k))
+  np.testing.assert_allclose(checked_log_prob(variables, images, key),
+                             log_prob(variables, images, key), rtol=1e-6)
+  log_prob(variables, images + 256, key)  # a plain jit cannot read values: no error
+  with pytest.raises(eiw_jax.UserError, match=r'log_prob: image values must lie in \[0, 256\) '
+                     r'for this 8-bit model; got values in \[\d+, \d+\]'):
+    checked_log_prob(variables, images + 256, key)
+  checked_sample = eiw_jax.checked(lambda v, k, t: eiw_jax.sample(model, v, k, 2, t))
+  assert checked_sample(variables, key, 0.5).shape == (2, *SHAPE)
+  with pytest.raises(eiw_jax.UserError, match='sample: temperature must be >= 0.*got -1'):
+    checked_sample(variables, key, -1.0)
+  checked_decode = eiw_jax.checked(lambda v, z: eiw_jax.decode(model, v, z))
+  latents = eiw_jax.encode(model, variables, eiw_jax.to_continuous(images, 8))
+  with pytest.raises(eiw_jax.UserError, match=r'decode: latents must be finite; got values in '
+                     r'\[nan'):
+    checked_decode(variables, [latents[0].at[0, 0, 0, 0].set(jnp.nan), latents[1]])
+
+
+def test_continuous_inputs_and_latents_are_range_checked_outside_jit(tiny):
+  model, variables, images, _ = tiny
+  raw = images.astype(jnp.float32)  # 0..255, not to_continuous
+  for fn in (eiw_jax.forward, eiw_jax.encode):
+    with pytest.raises(eiw_jax.UserError, match=r'continuous y must lie in \[-0.5, 0.5\].*got '
+                       r'values in \[\d+\.0, 2\d\d\.0\].*to_continuous'):
+      fn(model, variables, raw)
+  with pytest.raises(eiw_jax.UserError, match='latents must be finite; got values in .*inf'):
+    eiw_jax.decode(model, variables, [jnp.full((1, 2, 2, 8), jnp.inf), jnp.zeros((1, 2, 2, 8))])
+  with pytest.raises(eiw_jax.UserError, match='continuous y must be finite'):
+    eiw_jax.log_prob_continuous(model, variables, raw.at[0, 0, 0, 0].set(jnp.nan))
+
+
+# A continuous density, right for every split prior.
+
+@pytest.fixture(scope='module')
+def conditional():
+  """Glow's conditional split prior and a learned base, initialised from continuous y,
+  every parameter perturbed (the priors start as the identity)."""
+  model = eiw_jax.build(tiny_config(split_prior='conditional', learned_base=True))
+  y = jax.random.uniform(jax.random.key(4), (4, *SHAPE), minval=-0.5, maxval=0.5)
+  variables = _perturbed(eiw_jax.init(model, jax.random.key(5), y))
+  return model, variables, y
+
+
+def test_log_prob_continuous_is_the_change_of_variables(conditional):
+  # split_prior='standard': test_jacfwd_through_the_flow_equals_jacrev.
+  model, variables, y = conditional
+  y = y[:1]
+  flat = lambda t: eiw_jax.flatten_latents(eiw_jax.encode(model, variables,
+                                                          t.reshape(y.shape)))[0]
+  jacobian = np.asarray(jax.jit(jax.jacfwd(flat))(y.reshape(-1)), np.float64)
+  z = np.asarray(flat(y.reshape(-1)), np.float64)
+  by_hand = np.linalg.slogdet(jacobian)[1] - 0.5 * np.sum(z**2 + np.log(2 * np.pi))
+  np.testing.assert_allclose(float(eiw_jax.log_prob_continuous(model, variables, y)[0]), by_hand,
+                             rtol=1e-4, atol=1e-3)
+
+
+def test_init_takes_continuous_inputs(conditional):
+  model, variables, y = conditional  # made by init on y
+  images = jax.ShapeDtypeStruct(y.shape, jnp.uint8)
+  from_images = jax.eval_shape(lambda x: eiw_jax.init(model, jax.random.key(0), x), images)
+  chex.assert_trees_all_equal_shapes_and_dtypes(variables, from_images)
+  assert np.all(np.isfinite(eiw_jax.log_prob_continuous(model, variables, y)))
+
+
+# The distribution-style face.
+
+def test_the_distribution_face_follows_distrax_conventions(conditional):
+  model, variables, y = conditional
+  dist = eiw_jax.Distribution(model, variables)
+  assert dist.event_shape == SHAPE and dist.batch_shape == ()
+  batched = dist.log_prob(y)
+  np.testing.assert_allclose(batched, eiw_jax.log_prob_continuous(model, variables, y), rtol=1e-6)
+  assert dist.log_prob(y[0]).shape == ()  # an unbatched event
+  np.testing.assert_allclose(dist.log_prob(y.reshape(2, 2, *SHAPE)), batched.reshape(2, 2),
+                             rtol=1e-6)
+  # The face is a pytree (the model a static field): a jit argument.
+  np.testing.assert_allclose(jax.jit(lambda d, v: d.log_prob(v))(dist, y), batched, rtol=1e-5)
+  samples, sample_log_prob = dist.sample_and_log_prob(seed=jax.random.key(6), sample_shape=(2, 1))
+  assert samples.shape == (2, 1, *SHAPE) and sample_log_prob.shape == (2, 1)
+  np.testing.assert_allclose(sample_log_prob, dist.log_prob(samples), rtol=1e-4, atol=1e-3)
+  np.testing.assert_array_equal(dist.sample(seed=6, sample_shape=3).shape, (3, *SHAPE))
+  # The bijector: forward is latent -> data (distrax's direction), logdets opposite.
+  bijector = dist.bijector
+  z, inverse_logdet = bijector.inverse_and_log_det(y)
+  y_back, forward_logdet = bijector.forward_and_log_det(z)
+  np.testing.assert_allclose(y_back, y, atol=1e-5)
+  np.testing.assert_allclose(forward_logdet, -inverse_logdet, rtol=1e-5, atol=1e-4)
+  latents = eiw_jax.unflatten_latents(z, eiw_jax.latent_shapes(model, variables))
+  np.testing.assert_allclose(bijector.forward(z[0]), eiw_jax.decode(model, variables, latents)[0],
+                             atol=1e-6)
+  with pytest.raises(eiw_jax.UserError, match=r'shape \[\.\.\., 8, 8, 1\].*got \(8, 8, 3\)'):
+    dist.log_prob(jnp.zeros((8, 8, 3)))
+
+
+# init compiled once per shape.
+
+def test_init_compiles_once_per_shape(tiny):
+  model, _, images, _ = tiny
+  compiles = []
+  listening = [True]
+
+  def count(event, duration, **unused):
+    if listening[0] and event.endswith('backend_compile_duration'):
+      compiles.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    again = eiw_jax.init(model, jax.random.key(1), images)  # the fixture's call compiled it
+  finally:
+    listening[0] = False
+  assert compiles == [], compiles
+  assert set(again) == {'params', 'consts'}
+
+
+# Errors that name the problem and the fix in the API's terms.
+
+@pytest.mark.parametrize('case, match', [
+    ('list', r'log_prob: integer images must be an array \(jax or numpy\); got a list. Pass '
+             r'jnp.asarray'),
+    ('int_rng', r'log_prob: rng must be one JAX random key, e.g. jax.random.key\(0\).*got int 0'),
+    ('no_consts', r"log_prob: the variables lack the 'consts' collection.*\{\*\*variables, "
+                  r"'params': params\}"),
+    ('bare_params', r"log_prob: variables must be the dict .*looks like variables\['params'\] "
+                    r'alone'),
+    ('latent_shapes', r'decode: latents must have shapes \[B, 2, 2, 8\], \[B, 2, 2, 8\] with one '
+                      r'batch size B \(latent_shapes gives them\); got \[\(4, 2, 2, 8\), '
+                      r'\(4, 2, 2, 7\)\]'),
+])
+def test_raw_errors_are_one_line_with_the_fix(tiny, case, match):
+  model, variables, images, _ = tiny
+  call = {
+      'list': lambda: eiw_jax.log_prob(model, variables, np.asarray(images).tolist()),
+      'int_rng': lambda: eiw_jax.log_prob(model, variables, images, 0),
+      'no_consts': lambda: eiw_jax.log_prob(model, {'params': variables['params']}, images),
+      'bare_params': lambda: eiw_jax.log_prob(model, variables['params'], images),
+      'latent_shapes': lambda: eiw_jax.decode(
+          model, variables, [jnp.zeros((4, 2, 2, 8)), jnp.zeros((4, 2, 2, 7))]),
+  }[case]
+  with pytest.raises(eiw_jax.UserError, match=match) as e:
+    call()
+  assert '\n' not in str(e.value) and '--config' not in str(e.value)
+
+
+def test_loss_takes_rng_none_as_log_prob_does(tiny):
+  model, variables, images, _ = tiny
+  np.testing.assert_array_equal(eiw_jax.loss(model, variables, images)[0],
+                                eiw_jax.loss(model, variables, images, jax.random.key(0))[0])
+
+
+# shuffle_info: the statistic behind the ranking, and a stale permutation.
+
+def test_shuffle_info_flags_a_stale_permutation(trained):
+  model, variables, _, _, batches = trained
+  # After 4 updates the order was last refreshed before update 2; the live Q moved since.
+  moved = {**variables, 'params': jax.tree_util.tree_map_with_path(
+      lambda path, x: x + jax.random.normal(jax.random.key(3), x.shape)
+      if 'solver' in jax.tree_util.keystr(path) else x, variables['params'])}
+  info = eiw_jax.shuffle_info(model, moved)[0]
+  assert bool(info['stale']) and not np.array_equal(info['perm'], info['live_perm'])
+  ranked = np.argsort(-np.asarray(info['q']), kind='stable')  # the live Q's split
+  np.testing.assert_array_equal(info['live_perm'], np.concatenate([np.sort(ranked[:8]),
+                                                                  np.sort(ranked[8:])]))
+  # A training apply at a refresh step (update 4, refresh_every=2) brings the order up to date.
+  _, _, consts = eiw_jax.train_loss(model, moved, batches[0])
+  fresh = eiw_jax.shuffle_info(model, {**moved, 'consts': consts})[0]
+  assert not bool(fresh['stale'])
+  np.testing.assert_array_equal(fresh['perm'], info['live_perm'])
+  np.testing.assert_allclose(jax.nn.softmax(fresh['scores']), info['q'], rtol=1e-5)
+
+
+def test_shuffle_info_returns_the_statistic_of_the_channels_it_ranks(tiny):
+  model, variables, images, _ = tiny
+  info = eiw_jax.shuffle_info(model, variables, images, jax.random.key(5))[0]
+  # z_1 is the factored half of û = u[..., perm] (split_prior='standard'), so the
+  # statistic of u's channels perm[8:] is the statistic of z_1. Recomputed here from
+  # encode's z_1 on the bins' centres (shuffle_info dequantises: a 1/256 difference).
+  z1 = np.asarray(eiw_jax.encode(model, variables, eiw_jax.to_continuous(images, 8))[0],
+                  np.float64)
+  mean, var = z1.mean(0), z1.var(0)
+  moments = 0.5 * (var + mean**2 - 1 - np.log(var))
+  g = np.exp(-0.5 * ((z1 - mean) / np.sqrt(var))**2)
+  k1, k2 = 36 / (8 * np.sqrt(3) - 9), 24 / (16 * np.sqrt(3) - 27)  # Hyvarinen (1998)
+  negentropy = (k1 * np.mean((z1 - mean) / np.sqrt(var) * g, 0)**2
+                + k2 * (np.mean(g, 0) - np.sqrt(0.5))**2)
+  by_hand = np.mean(moments + negentropy, axis=(0, 1))
+  np.testing.assert_allclose(np.asarray(info['statistic'])[np.asarray(info['perm'])[8:]], by_hand,
+                             rtol=0.02, atol=0.005)
+
+
+def test_the_squeeze_puts_map_c_at_sub_position_dy_dx_in_channel_4c_2dy_dx():
+  h = np.zeros((1, 4, 6, 3))  # [B, H, W, C]; entry = 100 c + 10 dy + dx at (2i + dy, 2j + dx)
+  for c in range(3):
+    for dy in range(2):
+      for dx in range(2):
+        h[0, dy::2, dx::2, c] = 100 * c + 10 * dy + dx
+  u = np.asarray(eiw_jax.bijectors.squeeze(jnp.asarray(h)))  # [1, 2, 3, 12]
+  for channel in range(12):
+    c, (dy, dx) = channel // 4, divmod(channel % 4, 2)
+    assert np.all(u[..., channel] == 100 * c + 10 * dy + dx), channel
+
+
+# Smaller: samples are uint8, a constant batch at init is warned about.
+
+def test_samples_are_uint8_like_the_images(tiny):
+  model, variables, _, _ = tiny
+  samples = eiw_jax.sample(model, variables, jax.random.key(2), 2)
+  assert samples.dtype == jnp.uint8 and samples.shape == (2, *SHAPE)
+
+
+def test_init_on_a_constant_batch_warns(tiny):
+  model, _, images, _ = tiny
+  with pytest.warns(UserWarning, match='a channel of the batch is constant'):
+    eiw_jax.init(model, jax.random.key(1), jnp.zeros_like(images))
+
+
+# Types and the reference.
+
+def test_the_package_is_typed_and_versioned():
+  root = os.path.join(os.path.dirname(__file__), '..')
+  assert os.path.exists(os.path.join(os.path.dirname(eiw_jax.__file__), 'py.typed'))
+  pyproject = open(os.path.join(root, 'pyproject.toml')).read()
+  assert 'eiw_jax = ["py.typed"]' in pyproject
+  assert 'version = {attr = "eiw_jax.__version__"}' in pyproject
+  assert re.fullmatch(r'\d+\.\d+\.\d+', eiw_jax.__version__)
+  for name in eiw_jax.__all__:
+    fn = getattr(eiw_jax, name)
+    if inspect.isfunction(fn):
+      signature = inspect.signature(fn)
+      untyped = [p for p in signature.parameters.values() if p.annotation is inspect.Parameter.empty]
+      assert not untyped and signature.return_annotation is not inspect.Signature.empty, name
+
+
+def test_every_public_name_is_in_the_api_reference():
+  with open(os.path.join(os.path.dirname(__file__), '..', 'docs', 'API.md')) as f:
+    headings = [line for line in f if line.startswith('#### `')]
+  for name in eiw_jax.__all__:
+    entry = [h for h in headings if h.startswith((f'#### `{name}`', f'#### `{name}('))]
+    assert entry, f'docs/API.md has no "#### `{name}..." entry'
+    fn = getattr(eiw_jax, name)
+    if inspect.isfunction(fn):  # the entry's signature is the function's
+      assert entry[0].strip() == f'#### `{name}({_signature(fn)})`', (entry[0], _signature(fn))
+
+
+def _signature(fn) -> str:
+  """A signature as the reference writes it: names and defaults, no annotations."""
+  out = []
+  for p in inspect.signature(fn).parameters.values():
+    star = {p.VAR_POSITIONAL: '*', p.VAR_KEYWORD: '**'}.get(p.kind, '')
+    out.append(star + p.name + ('' if p.default is p.empty else f'={p.default!r}'))
+  return ', '.join(out)

@@ -9,8 +9,9 @@ import sys
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 PACKAGE = os.path.join(ROOT, 'eiw_jax')
 # Layers, lowest first (eiw_jax/__init__.py states them).
-LAYERS = [('model library', ('errors', 'checks', 'nets', 'noise', 'losses', 'bijectors', 'shuffle',
-                             'backbones', 'flow', 'dequant', 'model', 'builder', 'api')),
+LAYERS = [('model library', ('errors', 'checked', 'checks', 'nets', 'noise', 'losses', 'bijectors',
+                             'shuffle', 'backbones', 'flow', 'dequant', 'model', 'builder', 'api',
+                             'introspect', 'distribution')),
           ('data', ('data',)), ('evaluation', ('evaluation',)), ('training', ('train',)),
           ('scripts', ('cli', 'cpu_lapack', 'convert'))]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

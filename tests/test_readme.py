@@ -1,4 +1,5 @@
-"""The README's library example runs as written."""
+"""The README's library example runs as written, and the Shuffle moves in it."""
+import ast
 import os
 import re
 
@@ -11,7 +12,9 @@ def test_readme_python_example_runs(capsys):
   assert blocks, 'README has no python example'
   exec(compile(blocks[0], 'README.md', 'exec'), {})  # pylint: disable=exec-used
   out = capsys.readouterr().out
-  bpd, err, shape = out.split(' ', 1)[0], out.split()[1], out.split(' ', 2)[2]
-  assert float(bpd) > 0
-  assert float(err) < 1e-4
-  assert '(4, 16, 16, 1)' in shape
+  found = re.fullmatch(r'bpd (\S+); channels of u_1 factored out: (\[.*?\]) -> (\[.*?\])\n', out)
+  assert found, out
+  assert 0 < float(found.group(1)) < 16
+  before, after = ast.literal_eval(found.group(2)), ast.literal_eval(found.group(3))
+  assert before == list(range(8, 16))  # u_1 has 16 channels; at init the last half goes
+  assert len(after) == 8 and after != before

@@ -49,7 +49,7 @@ from eiw_jax.bijectors import (ActNorm, Bijector, Coupling, InvConv1x1, Permute,
 from eiw_jax.bijectors.scan import Repeat
 from eiw_jax.backbones.densenet import NORMS, TOKENS, DenseCouplingNet, NetSettings
 from eiw_jax.dequant import standard_normal_logpdf
-from eiw_jax.errors import UserError
+from eiw_jax.errors import UserError, refuse_unknown
 from eiw_jax.nets import Conv
 
 
@@ -230,18 +230,27 @@ def check(m) -> None:
   if 'units' not in d:
     raise UserError("model.backbone='denseflow' needs the model.denseflow settings, which "
                     'this config lacks; use a DenseFlow config (configs/cifar10.py)')
+  _refuse_unknown(d, denseflow_74_10(), 'model.denseflow.')
   if len(d.units) != m.num_scales:
     raise UserError(f'model.denseflow.units has {len(d.units)} scales but '
                     f'model.num_scales={m.num_scales}; make them agree')
   if d.norm not in NORMS:
     raise UserError(f"model.denseflow.norm must be 'group' or 'batch', got {d.norm!r}; "
-                    "set --config.model.denseflow.norm=group")
+                    "set config.model.denseflow.norm=group")
   if d.net.tokens not in TOKENS:
     raise UserError(f"model.denseflow.net.tokens must be 'pixels' or 'nchw_reshape', got "
-                    f"{d.net.tokens!r}; set --config.model.denseflow.net.tokens=pixels")
+                    f"{d.net.tokens!r}; set config.model.denseflow.net.tokens=pixels")
   if d.norm == 'batch' and m.invertible_grad:
     raise UserError("model.denseflow.norm='batch' needs the stored activations of ordinary "
-                    'backprop; set --config.model.invertible_grad=False')
+                    'backprop; set config.model.invertible_grad=False')
+
+
+def _refuse_unknown(group, defaults: dict, prefix: str) -> None:
+  """A misspelt key anywhere in model.denseflow is an error, not a silent default."""
+  refuse_unknown(group.keys(), defaults, 'key', prefix)
+  for key, value in defaults.items():
+    if isinstance(value, dict) and key in group:
+      _refuse_unknown(group[key], value, f'{prefix}{key}.')
 
 
 def body(m, dtype):

@@ -285,36 +285,36 @@ def check(m) -> None:
     raise UserError(f'unknown key model.ffjord.{unknown[0]}; the keys are: {", ".join(defaults)}')
   missing = [k for k in defaults if k not in f]
   if missing:
-    raise UserError(f'model.ffjord has no key {missing[0]!r}; set --config.model.ffjord.'
+    raise UserError(f'model.ffjord has no key {missing[0]!r}; set config.model.ffjord.'
                     f'{missing[0]}={defaults[missing[0]]}')
   for key, allowed in _CHOICES.items():
     if f[key] not in allowed:
       raise UserError(f'model.ffjord.{key} must be one of {", ".join(allowed)}, got {f[key]!r}; '
-                      f'set --config.model.ffjord.{key}={defaults[key]}')
+                      f'set config.model.ffjord.{key}={defaults[key]}')
   for key in ('blocks', 'hidden', 'layers', 'max_steps'):
     if not positive_int(f[key]):
       raise UserError(f'model.ffjord.{key} must be an integer >= 1, got {f[key]!r}; '
-                      f'set --config.model.ffjord.{key}={defaults[key]}')
+                      f'set config.model.ffjord.{key}={defaults[key]}')
   for key in ('kinetic_weight', 'jacobian_weight'):
     if not 0 <= f[key] < float('inf'):
       raise UserError(f'model.ffjord.{key} must be >= 0 and finite, got {f[key]!r}; '
-                      f'set --config.model.ffjord.{key}=0 (off)')
+                      f'set config.model.ffjord.{key}=0 (off)')
   if f.jacobian_weight and f.trace != 'hutchinson':
     raise UserError("model.ffjord.jacobian_weight > 0 needs model.ffjord.trace='hutchinson'; "
-                    'set --config.model.ffjord.trace=hutchinson')
+                    'set config.model.ffjord.trace=hutchinson')
   for key in ('rtol', 'atol'):
     if not 0 < f[key] < 1:
       raise UserError(f'model.ffjord.{key} must be in (0, 1), got {f[key]!r}; '
-                      f'set --config.model.ffjord.{key}=1e-5')
+                      f'set config.model.ffjord.{key}=1e-5')
   if not isinstance(f.fixed_steps, int) or f.fixed_steps < 0:
     raise UserError(f'model.ffjord.fixed_steps must be an integer >= 0 (0: adaptive), got '
-                    f'{f.fixed_steps!r}; set --config.model.ffjord.fixed_steps=0')
+                    f'{f.fixed_steps!r}; set config.model.ffjord.fixed_steps=0')
   if f.fixed_steps and f.fixed_steps > f.max_steps:
     raise UserError(f'model.ffjord.fixed_steps={f.fixed_steps} exceeds model.ffjord.max_steps='
                     f'{f.max_steps}; raise max_steps')
   if m.compute_dtype != 'float32':
     raise UserError("model.backbone='ffjord' solves its ODE in float32; set "
-                    '--config.model.compute_dtype=float32')
+                    'config.model.compute_dtype=float32')
 
 
 def body(m, dtype):

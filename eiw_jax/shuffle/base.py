@@ -13,6 +13,8 @@ from eiw_jax.shuffle.settings import ShuffleSettings
 # The flax collection that the readings' own fitting losses are sown into
 # (api.loss adds them to the objective; they are not weighted by λ).
 FIT_COLLECTION = 'shuffle_fit'
+# The collection u_k is sown into when it is mutable (eiw_jax.shuffle_info only).
+INPUT_COLLECTION = 'shuffle_input'
 
 
 class ShuffleBase(Bijector):
@@ -109,10 +111,13 @@ class ShuffleBase(Bijector):
   def forward_with_kl(self, u):
     """Inference direction with the penalty: returns (û [B,H,W,4C], KL scalar).
 
-    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection;
+    The reading's fitting loss, if any, is sown into the 'shuffle_fit' collection,
+    and u itself into 'shuffle_input' when that is mutable (eiw_jax.shuffle_info);
     in a training apply the order is refreshed first (`refresh`).
     """
     self._check(u)
+    if not self.is_initializing():  # init makes every collection mutable: not for this one
+      self.sow(INPUT_COLLECTION, 'u', u)
     self.refresh()
     kl, fit = self.penalties(u, self.live_scores())
     if fit is not None:

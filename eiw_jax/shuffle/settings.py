@@ -93,13 +93,13 @@ def check_settings(s: ShuffleSettings, num_scales: int) -> None:
   for key, (value, allowed) in choices.items():
     if value not in allowed:
       raise UserError(f"model.{key} must be one of {', '.join(allowed)}, got {value!r}; "
-                      f'set --config.model.{key}={allowed[0]}')
+                      f'set config.model.{key}={allowed[0]}')
   for key, value, default in (('shuffle_refresh_every', s.refresh_every, 100),
                               ('guider_min_width', s.guider_min_width, 8)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise UserError(f'model.{key} must be an integer >= 1, got {value!r}; '
-                      f'set --config.model.{key}={default}')
+                      f'set config.model.{key}={default}')
   if s.mode == 'fixed' and len(s.permutations) != num_scales - 1:
     raise UserError(f"shuffle_mode='fixed' needs one order of units per transition in "
                     f'model.shuffle_permutations ({num_scales - 1}), got {len(s.permutations)}; '
-                    'e.g. --config.model.shuffle_permutations="[[1, 0, 2, 3]]"')
+                    'e.g. config.model.shuffle_permutations=[[1, 0, 2, 3]]')

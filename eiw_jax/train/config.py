@@ -19,7 +19,7 @@ import ml_collections
 
 from eiw_jax import data, evaluation
 from eiw_jax.builder import model_config, validate
-from eiw_jax.errors import UserError
+from eiw_jax.errors import UserError, as_flags
 from eiw_jax.train import optimizer, settings
 
 # Keys added after configs were first saved, whose absence (a config.json written
@@ -77,7 +77,14 @@ def check_keys(cfg) -> None:
 
 def validate_run(cfg) -> None:
   """Checks the keys and the model/data/optim/train values of a training config
-  (UserError, one line)."""
+  (UserError, one line, naming the command-line flag that fixes it)."""
+  try:
+    _validate_run(cfg)
+  except UserError as e:
+    raise UserError(as_flags(str(e))) from None
+
+
+def _validate_run(cfg) -> None:
   check_keys(cfg)
   for group in ('model', 'data', 'optim', 'train', 'eval'):
     if group not in cfg:

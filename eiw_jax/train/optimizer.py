@@ -2,14 +2,20 @@
 the Shuffle's own optimisers for the parameters shuffle.param_labels marks.
 
 The `optim` group's keys and defaults (`defaults()`) are this module's; their
-checks are in eiw_jax.config.validate_run."""
+checks are in eiw_jax.train.settings. `optimizer(config)` is the recipe as the
+public API gives it (`eiw_jax.optimizer`, loaded on first use so that
+`import eiw_jax` imports no optax)."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from eiw_jax import shuffle
-from eiw_jax.errors import UserError
+from eiw_jax.errors import UserError, refuse_unknown
+from eiw_jax.train import settings
 from eiw_jax.train.schedule import flow_lr_schedule
 
 
@@ -67,3 +73,30 @@ def make_optimizer(optim) -> optax.GradientTransformation:
   if optim.grad_clip > 0:
     opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
   return opt
+
+
+def optimizer(config: Optional[Any] = None, **overrides: Any) -> optax.GradientTransformation:
+  """train.py's optimiser, for a training loop of your own (docs/API.md).
+
+  Args:
+    config: a run config (its `optim` group is used, missing keys take their
+      defaults), a config with only `model` and `data` (the defaults), or None.
+    **overrides: `optim` keys, applied last (e.g. `lr=3e-4, warmup_steps=100`).
+
+  Returns:
+    An optax transformation of the whole `params` tree: the flow's Adamax with
+    warm-up, and (optim.shuffle_optimizer='sgd') the solver's SGD at
+    optim.shuffle_lr, the guider's Adam at optim.guider_lr and the oracle's
+    moving average, by `shuffle.param_labels`. An unknown key or a bad value is a
+    UserError; with `model` and `data` in `config`, so is a solver rate that
+    overshoots for that model's λ.
+  """
+  given = dict(config['optim']) if config is not None and 'optim' in config else {}
+  given.update(overrides)
+  refuse_unknown(given, defaults(), 'optim key', 'optim.')
+  optim = ml_collections.ConfigDict({**defaults(), **given})
+  settings.check_optim(optim)
+  if config is not None and 'model' in config and 'data' in config:
+    settings.check_shuffle_rates(ml_collections.ConfigDict(
+        dict(model=dict(config['model']), data=dict(config['data']), optim=optim.to_dict())))
+  return make_optimizer(optim)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 
 from eiw_jax.train import checkpoint
 from eiw_jax.train import config as config_lib
 from eiw_jax.train.checkpoint import Checkpointer
 from eiw_jax.errors import UserError
+from eiw_jax.model import EIWFlow
 from eiw_jax.train.trainer import Trainer
 
 
@@ -50,7 +51,7 @@ def load_for_eval(config, workdir: str):
   return trainer.model, state.variables(), step
 
 
-def load_run(workdir: str, config: Optional[object] = None):
+def load_run(workdir: str, config: Optional[Any] = None) -> Tuple[EIWFlow, dict, Any]:
   """(model, variables, config) of the run in `workdir`: the config it saved (or
   `config`, if given) and the newest readable checkpoint's variables. Read-only,
   as `load_for_eval`: safe beside a running trainer.

@@ -34,29 +34,34 @@ def check(cfg) -> None:
               'max_nonfinite_steps', 'eval_examples', 'num_samples'):
     if not isinstance(t[key], int) or t[key] < 1:
       raise UserError(f'train.{key} must be an integer >= 1, got {t[key]!r}; '
-                      f'set --config.train.{key}')
+                      f'set config.train.{key}')
   check_seed(t.seed, '--config.train.seed')
   if not t.max_minutes >= 0:
     raise UserError(f'train.max_minutes must be >= 0 (0: no limit), got {t.max_minutes!r}; '
-                    'set --config.train.max_minutes')
+                    'set config.train.max_minutes')
   if not isinstance(t.init_from, str):
     raise UserError(f'train.init_from must be a workdir path, got {t.init_from!r}; '
-                    'set --config.train.init_from=<workdir>')
+                    'set config.train.init_from=<workdir>')
+  check_optim(o)
+  check_shuffle_rates(cfg)
+
+
+def check_optim(o) -> None:
+  """Refuses bad `optim` values that need no model to judge (UserError, one line)."""
   if o.name not in OPTIMIZERS:
     raise UserError(f"optim.name must be 'adam' or 'adamax', got {o.name!r}; "
-                    "set --config.optim.name=adamax")
+                    "set config.optim.name=adamax")
   if not 0 < o.lr < float('inf'):
-    raise UserError(f'optim.lr must be > 0 and finite, got {o.lr}; set --config.optim.lr=1e-3')
+    raise UserError(f'optim.lr must be > 0 and finite, got {o.lr}; set config.optim.lr=1e-3')
   for key in ('b1', 'b2', 'ema_decay'):
     if not 0 <= o[key] < 1:
-      raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set --config.optim.{key}')
+      raise UserError(f'optim.{key} must be in [0, 1), got {o[key]}; set config.optim.{key}')
   for key in ('warmup_steps', 'grad_clip', 'shuffle_freeze_after', 'finetune_after'):
     if not o[key] >= 0:
-      raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set --config.optim.{key}')
+      raise UserError(f'optim.{key} must be >= 0, got {o[key]}; set config.optim.{key}')
   if not o.finetune_lr > 0:
     raise UserError(f'optim.finetune_lr must be > 0, got {o.finetune_lr}; '
-                    'set --config.optim.finetune_lr=2e-5')
-  check_shuffle_rates(cfg)
+                    'set config.optim.finetune_lr=2e-5')
 
 
 SEED_LIMIT = 2**63  # numpy's and JAX's seeds are int64
@@ -79,22 +84,22 @@ def check_shuffle_rates(cfg) -> None:
   o, m = cfg.optim, cfg.model
   if o.shuffle_optimizer not in SHUFFLE_OPTIMIZERS:
     raise UserError(f"optim.shuffle_optimizer must be 'sgd' or 'shared', got "
-                    f"{o.shuffle_optimizer!r}; set --config.optim.shuffle_optimizer=sgd")
+                    f"{o.shuffle_optimizer!r}; set config.optim.shuffle_optimizer=sgd")
   if o.shuffle_optimizer != 'sgd':
     return
   if not 0 < o.oracle_rate <= 1:
     raise UserError(f'optim.oracle_rate must be in (0, 1], got {o.oracle_rate}; '
-                    'set --config.optim.oracle_rate=0.01')
+                    'set config.optim.oracle_rate=0.01')
   if not o.guider_lr > 0:
     raise UserError(f'optim.guider_lr must be > 0, got {o.guider_lr}; '
-                    'set --config.optim.guider_lr=1e-2')
+                    'set config.optim.guider_lr=1e-2')
   if not o.shuffle_lr > 0:
     raise UserError(f'optim.shuffle_lr must be > 0, got {o.shuffle_lr}; '
-                    'set --config.optim.shuffle_lr=20')
+                    'set config.optim.shuffle_lr=20')
   d = cfg.data
   weight = m.kl_weight * kl_scale(d.image_size * d.image_size * d.channels, m.kl_units)
   if weight * o.shuffle_lr / 4 >= 1:
     raise UserError(
         f'the solver\'s SGD step overshoots: lambda (in {m.kl_units}) * optim.shuffle_lr / 4 = '
-        f'{weight * o.shuffle_lr / 4:.3g} >= 1; set --config.optim.shuffle_lr below '
+        f'{weight * o.shuffle_lr / 4:.3g} >= 1; set config.optim.shuffle_lr below '
         f'{4 / weight:.3g}')
