@@ -111,6 +111,7 @@ def load(trainer, state):
                       opt_state=trainer.optimizer.init(params),
                       ema_params=params if trainer.use_ema else None)
   new = jax.device_put(new, trainer.replicated)
-  shuffle = sum(_is_shuffle(k) for k in _leaves(params))
+  copied = _leaves(variables['params'])
+  shuffle = sum(_is_shuffle(k) and k not in copied for k in _leaves(params))
   return new, (f'initialised from {source} (its step {step}): its flow copied, '
                f'{shuffle} Shuffle parameters fresh, the optimiser new')
