@@ -112,6 +112,7 @@ def _train(config, workdir: str, trainer: Trainer, train_split, test_split,
       history.check_data(workdir, {'train': train_split, 'test': test_split}, start)
     step_fn = trainer.compile_step(state)
     ckpt.wait()
+    workdir_lib.check_in_place(workdir, place, start)  # before the monitor makes its files
   except BaseException as e:
     if isinstance(e, jax.errors.JaxRuntimeError):  # a peer died during the start-up
       multihost.exit_on_peer_failure(e)

@@ -14,7 +14,7 @@ import pytest
 
 from eiw_jax import train as train_lib
 from eiw_jax.errors import UserError
-from eiw_jax.train import multihost, runs
+from eiw_jax.train import history, multihost, runs
 from eiw_jax.train import monitor as train_monitor
 from eiw_jax.train import workdir as workdir_lib
 
@@ -38,25 +38,30 @@ def _data_file(workdir, step):
   return max(files, key=os.path.getsize)
 
 
-@pytest.mark.parametrize('what', ['moved', 'deleted'])
+@pytest.mark.parametrize('what', ['moved', 'deleted', 'moved_during_the_start_up'])
 def test_a_workdir_moved_or_deleted_while_training_stops_in_one_line(what, copy, no_eval,
                                                                      monkeypatch):
   moved = copy + '-moved'
-  real_tick = train_monitor.Monitor.tick
 
-  def tick(self, *args):
+  def move():
     if os.path.exists(copy):
-      shutil.move(copy, moved) if what == 'moved' else shutil.rmtree(copy)
-    return real_tick(self, *args)
+      shutil.rmtree(copy) if what == 'deleted' else shutil.move(copy, moved)
 
-  monkeypatch.setattr(train_monitor.Monitor, 'tick', tick)
+  if what == 'moved_during_the_start_up':  # before the monitor made its files
+    real_check = history.check_data
+    monkeypatch.setattr(history, 'check_data', lambda *args: (real_check(*args), move())[0])
+  else:
+    real_tick = train_monitor.Monitor.tick
+    monkeypatch.setattr(train_monitor.Monitor, 'tick',
+                        lambda self, *args: (move(), real_tick(self, *args))[1])
   with pytest.raises(UserError) as e:
     train_lib.train_and_evaluate(_longer(2), copy)
   message = str(e.value)
   assert f'the workdir {copy} was moved, replaced or deleted while training' in message
-  assert 'noticed at step 3' in message and '\n' not in message
+  step = RUN_STEPS if what == 'moved_during_the_start_up' else RUN_STEPS + 1
+  assert f'noticed at step {step}' in message and '\n' not in message
   assert not os.path.exists(copy)  # nothing written on at the old path
-  if what == 'moved':
+  if what != 'deleted':
     monkeypatch.undo()
     monkeypatch.setattr(train_monitor.Monitor, 'evaluate', lambda *a: {})
     train_lib.train_and_evaluate(_longer(2), moved)  # the same command at its new place
