@@ -273,21 +273,23 @@ def test_every_bijector_has_its_own_docstring():
 
 # Issue 30, the API as a building block: each item through public names.
 
-def _perturbed(variables, scale=0.1, key=11):
-  """Every float parameter moved off its init, so no layer is the identity."""
-  leaves, treedef = jax.tree.flatten(variables['params'])
-  keys = jax.random.split(jax.random.key(key), len(leaves))
-  leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  return {**variables, 'params': jax.tree.unflatten(treedef, leaves)}
+def _perturbed(variables, scale=0.1, seed=11, only=''):
+  """Every float parameter (whose path holds `only`) moved off its init, so no layer
+  is the identity. Drawn by numpy: an eager jax.random call per shape would compile."""
+  noise = np.random.default_rng(seed)
+  return {**variables, 'params': jax.tree_util.tree_map_with_path(
+      lambda path, x: x + scale * noise.standard_normal(x.shape).astype(x.dtype)
+      if only in jax.tree_util.keystr(path) else x, variables['params'])}
 
 
 @pytest.fixture(scope='module')
 def trained():
-  """Four updates of a model whose order is refreshed every 2 steps, by train.py's
-  step (the reference) and by a plain optax loop written with public names only."""
+  """Four updates of a model whose order is refreshed every 2 steps (with Glow's
+  conditional split prior and a learned base), by train.py's step (the reference)
+  and by a plain optax loop written with public names only."""
   import optax  # pylint: disable=g-import-not-at-top
   from eiw_jax.train import optimizer as optimizer_lib, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  config = tiny_config(shuffle_refresh_every=2)
+  config = tiny_config(shuffle_refresh_every=2, split_prior='conditional', learned_base=True)
   model = eiw_jax.build(config)
   batches = [jax.random.randint(jax.random.key(20 + i), (4, *SHAPE), 0, 256).astype(jnp.uint8)
              for i in range(4)]
@@ -376,22 +378,17 @@ def test_config_typos_in_build_and_validate_are_refused():
 def test_the_checked_mode_enforces_values_inside_jit(tiny):
   model, variables, images, log_prob = tiny
   key = jax.random.key(3)
-  checked_log_prob = eiw_jax.checked(lambda v, x, k: eiw_jax.log_prob(model, v, x, k))
-  np.testing.assert_allclose(checked_log_prob(variables, images, key),
-                             log_prob(variables, images, key), rtol=1e-6)
+  program = eiw_jax.checked(lambda v, x, k, t: (eiw_jax.log_prob(model, v, x, k),
+                                                eiw_jax.sample(model, v, k, 2, t)))
+  lp, samples = program(variables, images, key, 0.5)
+  np.testing.assert_allclose(lp, log_prob(variables, images, key), rtol=1e-6)
+  assert samples.dtype == jnp.uint8 and samples.shape == (2, *SHAPE)  # like the images
   log_prob(variables, images + 256, key)  # a plain jit cannot read values: no error
   with pytest.raises(eiw_jax.UserError, match=r'log_prob: image values must lie in \[0, 256\) '
                      r'for this 8-bit model; got values in \[\d+, \d+\]'):
-    checked_log_prob(variables, images + 256, key)
-  checked_sample = eiw_jax.checked(lambda v, k, t: eiw_jax.sample(model, v, k, 2, t))
-  assert checked_sample(variables, key, 0.5).shape == (2, *SHAPE)
+    program(variables, images + 256, key, 0.5)
   with pytest.raises(eiw_jax.UserError, match='sample: temperature must be >= 0.*got -1'):
-    checked_sample(variables, key, -1.0)
-  checked_decode = eiw_jax.checked(lambda v, z: eiw_jax.decode(model, v, z))
-  latents = eiw_jax.encode(model, variables, eiw_jax.to_continuous(images, 8))
-  with pytest.raises(eiw_jax.UserError, match=r'decode: latents must be finite; got values in '
-                     r'\[nan'):
-    checked_decode(variables, [latents[0].at[0, 0, 0, 0].set(jnp.nan), latents[1]])
+    program(variables, images, key, -1.0)
 
 
 def test_continuous_inputs_and_latents_are_range_checked_outside_jit(tiny):
@@ -410,13 +407,12 @@ def test_continuous_inputs_and_latents_are_range_checked_outside_jit(tiny):
 # A continuous density, right for every split prior.
 
 @pytest.fixture(scope='module')
-def conditional():
-  """Glow's conditional split prior and a learned base, initialised from continuous y,
-  every parameter perturbed (the priors start as the identity)."""
-  model = eiw_jax.build(tiny_config(split_prior='conditional', learned_base=True))
-  y = jax.random.uniform(jax.random.key(4), (4, *SHAPE), minval=-0.5, maxval=0.5)
-  variables = _perturbed(eiw_jax.init(model, jax.random.key(5), y))
-  return model, variables, y
+def conditional(trained):
+  """The trained model (Glow's conditional split prior, a learned base) with every
+  parameter moved off its init (the priors start as the identity), and continuous y."""
+  model, variables = trained[:2]
+  y = jnp.asarray(np.random.default_rng(4).uniform(-0.5, 0.5, (4, *SHAPE)), jnp.float32)
+  return model, _perturbed(variables), y
 
 
 def test_log_prob_continuous_is_the_change_of_variables(conditional):
@@ -433,11 +429,9 @@ def test_log_prob_continuous_is_the_change_of_variables(conditional):
 
 
 def test_init_takes_continuous_inputs(conditional):
-  model, variables, y = conditional  # made by init on y
-  images = jax.ShapeDtypeStruct(y.shape, jnp.uint8)
-  from_images = jax.eval_shape(lambda x: eiw_jax.init(model, jax.random.key(0), x), images)
-  chex.assert_trees_all_equal_shapes_and_dtypes(variables, from_images)
-  assert np.all(np.isfinite(eiw_jax.log_prob_continuous(model, variables, y)))
+  model, variables, y = conditional
+  from_y = jax.eval_shape(lambda y: eiw_jax.init(model, jax.random.key(0), y), y)  # traced only
+  chex.assert_trees_all_equal_shapes_and_dtypes(from_y, variables)
 
 
 # The distribution-style face.
@@ -446,26 +440,28 @@ def test_the_distribution_face_follows_distrax_conventions(conditional):
   model, variables, y = conditional
   dist = eiw_jax.Distribution(model, variables)
   assert dist.event_shape == SHAPE and dist.batch_shape == ()
-  batched = dist.log_prob(y)
-  np.testing.assert_allclose(batched, eiw_jax.log_prob_continuous(model, variables, y), rtol=1e-6)
-  assert dist.log_prob(y[0]).shape == ()  # an unbatched event
-  np.testing.assert_allclose(dist.log_prob(y.reshape(2, 2, *SHAPE)), batched.reshape(2, 2),
-                             rtol=1e-6)
-  # The face is a pytree (the model a static field): a jit argument.
-  np.testing.assert_allclose(jax.jit(lambda d, v: d.log_prob(v))(dist, y), batched, rtol=1e-5)
-  samples, sample_log_prob = dist.sample_and_log_prob(seed=jax.random.key(6), sample_shape=(2, 1))
-  assert samples.shape == (2, 1, *SHAPE) and sample_log_prob.shape == (2, 1)
-  np.testing.assert_allclose(sample_log_prob, dist.log_prob(samples), rtol=1e-4, atol=1e-3)
-  np.testing.assert_array_equal(dist.sample(seed=6, sample_shape=3).shape, (3, *SHAPE))
-  # The bijector: forward is latent -> data (distrax's direction), logdets opposite.
-  bijector = dist.bijector
-  z, inverse_logdet = bijector.inverse_and_log_det(y)
-  y_back, forward_logdet = bijector.forward_and_log_det(z)
-  np.testing.assert_allclose(y_back, y, atol=1e-5)
-  np.testing.assert_allclose(forward_logdet, -inverse_logdet, rtol=1e-5, atol=1e-4)
-  latents = eiw_jax.unflatten_latents(z, eiw_jax.latent_shapes(model, variables))
-  np.testing.assert_allclose(bijector.forward(z[0]), eiw_jax.decode(model, variables, latents)[0],
-                             atol=1e-6)
+
+  @jax.jit  # one program; the face is a pytree (the model a static field), an argument
+  def run(dist, y, key):
+    samples, sample_log_prob = dist.sample_and_log_prob(seed=key, sample_shape=(2, 2))
+    z, inverse_logdet = dist.bijector.inverse_and_log_det(y)  # data -> latent
+    y_back, forward_logdet = dist.bijector.forward_and_log_det(z)  # latent -> data
+    return dict(batched=dist.log_prob(y), grid=dist.log_prob(y.reshape(2, 2, *SHAPE)),
+                unbatched=dist.log_prob(y[0]), samples=samples, sample_log_prob=sample_log_prob,
+                of_samples=dist.log_prob(samples), z=z, y_back=y_back,
+                inverse_logdet=inverse_logdet, forward_logdet=forward_logdet)
+
+  out = run(dist, y, jax.random.key(6))
+  np.testing.assert_allclose(out['batched'], eiw_jax.log_prob_continuous(model, variables, y),
+                             rtol=1e-5)
+  np.testing.assert_allclose(out['grid'], out['batched'].reshape(2, 2), rtol=1e-6)
+  assert out['unbatched'].shape == () and np.isclose(out['unbatched'], out['batched'][0], rtol=1e-5)
+  assert out['samples'].shape == (2, 2, *SHAPE) and out['sample_log_prob'].shape == (2, 2)
+  np.testing.assert_allclose(out['sample_log_prob'], out['of_samples'], rtol=1e-4, atol=1e-3)
+  assert jax.eval_shape(lambda: dist.sample(seed=6, sample_shape=3)).shape == (3, *SHAPE)
+  assert out['z'].shape == (4, dist.bijector.latent_size) == (4, 64)
+  np.testing.assert_allclose(out['y_back'], y, atol=1e-5)
+  np.testing.assert_allclose(out['forward_logdet'], -out['inverse_logdet'], rtol=1e-5, atol=1e-4)
   with pytest.raises(eiw_jax.UserError, match=r'shape \[\.\.\., 8, 8, 1\].*got \(8, 8, 3\)'):
     dist.log_prob(jnp.zeros((8, 8, 3)))
 
@@ -530,9 +526,7 @@ def test_loss_takes_rng_none_as_log_prob_does(tiny):
 def test_shuffle_info_flags_a_stale_permutation(trained):
   model, variables, _, _, batches = trained
   # After 4 updates the order was last refreshed before update 2; the live Q moved since.
-  moved = {**variables, 'params': jax.tree_util.tree_map_with_path(
-      lambda path, x: x + jax.random.normal(jax.random.key(3), x.shape)
-      if 'solver' in jax.tree_util.keystr(path) else x, variables['params'])}
+  moved = _perturbed(variables, scale=1.0, seed=3, only='solver')
   info = eiw_jax.shuffle_info(model, moved)[0]
   assert bool(info['stale']) and not np.array_equal(info['perm'], info['live_perm'])
   ranked = np.argsort(-np.asarray(info['q']), kind='stable')  # the live Q's split
@@ -577,13 +571,7 @@ def test_the_squeeze_puts_map_c_at_sub_position_dy_dx_in_channel_4c_2dy_dx():
     assert np.all(u[..., channel] == 100 * c + 10 * dy + dx), channel
 
 
-# Smaller: samples are uint8, a constant batch at init is warned about.
-
-def test_samples_are_uint8_like_the_images(tiny):
-  model, variables, _, _ = tiny
-  samples = eiw_jax.sample(model, variables, jax.random.key(2), 2)
-  assert samples.dtype == jnp.uint8 and samples.shape == (2, *SHAPE)
-
+# Smaller: a constant batch at init is warned about (uint8 samples: the checked mode test).
 
 def test_init_on_a_constant_batch_warns(tiny):
   model, _, images, _ = tiny
