@@ -1,6 +1,14 @@
 # make test : create .venv if needed, install everything, run the test suite.
 # make demo : train Fashion-MNIST (:small, 10000 steps or 20 min), evaluate, write samples.
-PYTHON ?= python3
+# make install-cuda12 (or install-cuda13, install-tpu): .venv with the accelerator build
+#   of the pinned jax (pyproject's extras).
+# jax 0.11 and later need Python 3.12: take the first Python 3.12+ on PATH or in pyenv,
+# else python3 (on 3.11, requirements.txt installs the oldest supported jax).
+FOUND_PYTHON := $(shell for p in python3.12 python3.13 python3.14 \
+  $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-4]*/bin/python3 2>/dev/null); do \
+  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo "$$p"; exit; }; done; \
+  echo python3)
+PYTHON ?= $(FOUND_PYTHON)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/fashion_mnist_small
@@ -12,9 +20,12 @@ DEMO_MINUTES ?= 20
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install install-cuda12 install-cuda13 install-tpu test demo bench clean-demo
 
 $(VENV)/.installed: requirements.txt pyproject.toml
+	@# a .venv of another Python (say 3.11 before a 3.12 was found) is made afresh
+	@[ ! -x $(PY) ] || [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" = \
+	  "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ] || rm -rf $(VENV)
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3-venv is missing; installing it (Debian/Ubuntu)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -24,6 +35,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed
+
+# The same jax version as requirements.txt, built for the accelerator.
+install-cuda12 install-cuda13 install-tpu: install-%: install
+	$(PY) -m pip install -q -e '.[$*]'
 
 test: install
 	$(PY) -m pytest -q -n auto --dist loadfile tests
