@@ -8,8 +8,8 @@
 # else python3 (on 3.11, requirements.txt installs the oldest supported jax).
 FOUND_PYTHON := $(shell for p in python3.12 python3.13 python3.14 \
   $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-4]*/bin/python3 2>/dev/null); do \
-  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo "$$p"; exit; }; done; \
-  echo python3)
+  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && \
+  { echo "$$p"; exit; }; done; echo python3)
 PYTHON ?= $(FOUND_PYTHON)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -50,7 +50,8 @@ TESTS = (  # fast tests of what must hold on any backend
     'tests/test_api.py::test_jacfwd_through_the_flow_equals_jacrev',
     'tests/backbones/test_paper_model.py::test_tiny_denseflow_round_trip',
     'tests/backbones/test_paper_model.py::test_tiny_denseflow_logdet_matches_jacobian',
-    'tests/backbones/test_paper_model.py::test_tiny_denseflow_bfloat16_loss_close_and_exact_round_trip',
+    'tests/backbones/test_paper_model.py::'
+    'test_tiny_denseflow_bfloat16_loss_close_and_exact_round_trip',
     'tests/train/test_checkpoint.py::test_round_trip_typed_state',
     'tests/train/test_loop.py::test_training_writes_metrics_checkpoints_and_samples',
     'tests/train/test_loop.py::test_resume_continues_and_matches_uninterrupted',
@@ -87,7 +88,8 @@ def _child(a) -> None:
   from eiw_jax import cli  # pylint: disable=g-import-not-at-top  (one LAPACK thread)
   from benchmarks import device_phases as ph  # pylint: disable=g-import-not-at-top
   cli.enable_compilation_cache(os.environ.get('EIW_DEVICE_CHECK_CACHE', ''))
-  result = {'cold': lambda: ph.startup(a.config, a.batch),
+  result = {'machine': machine,
+            'cold': lambda: ph.startup(a.config, a.batch),
             'warm': lambda: ph.startup(a.config, a.batch),
             'paper': lambda: ph.paper(a.config, a.batch, a.rounds, a.steps),
             'autotune': lambda: ph.autotune(a.config, a.batch, a.steps),
@@ -114,14 +116,15 @@ def _run(cmd, limit, log, env=None):
 
 def _tests(a, limit, out):
   log = os.path.join(out, 'tests.log')
-  env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION='highest',
-             XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_gpu_deterministic_ops=true').strip())
+  flags = os.environ.get('XLA_FLAGS', '') + ' --xla_gpu_deterministic_ops=true'
+  env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION='highest', XLA_FLAGS=flags.strip())
   cmd = [sys.executable, '-m', 'pytest', '-v', '-p', 'no:cacheprovider', '-o', 'addopts=',
          *(SMOKE_TESTS if a.smoke else TESTS)]
   rc, seconds = _run(cmd, limit, log, env)
   outcomes = re.findall(r'^(tests/\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)',
                         open(log).read(), re.M)
-  counts = {k.lower(): sum(1 for _, o in outcomes if o == k) for k in ('PASSED', 'FAILED', 'ERROR', 'SKIPPED')}
+  counts = {k.lower(): sum(1 for _, o in outcomes if o == k)
+            for k in ('PASSED', 'FAILED', 'ERROR', 'SKIPPED')}
   status = 'timeout' if rc == 'timeout' else ('ok' if rc == 0 else 'failed')
   return dict(status=status, seconds=seconds, **counts, log='tests.log',
               not_passed=[f'{t} {o}' for t, o in outcomes if o in ('FAILED', 'ERROR')])
@@ -216,7 +219,15 @@ def main(argv=None) -> int:
     print(f'device check: missing Python packages {missing} (see `make device-wheels`)',
           file=sys.stderr)
     return 1
-  report['machine'] = machine()
+  # The parent never opens the device itself: a process holding a GPU keeps most of
+  # its memory, and a TPU admits one process. A child reads what the machine is.
+  info = _phase(a, 'machine', 120, out, dict(level='', default=''))
+  if info['status'] != 'ok':
+    report['machine'] = info
+    device_report.write(report, out)
+    print(f'device check: JAX does not start here; see {out}/machine.log', file=sys.stderr)
+    return 1
+  report['machine'] = {k: v for k, v in info.items() if k not in ('status', 'log', 'xla_flags')}
   caches = {k: tempfile.mkdtemp(prefix=f'eiw_device_check_{k}_') for k in ('level', 'default')}
   wanted = [p for p in a.phases.split(',') if p]
   try:
@@ -227,6 +238,8 @@ def main(argv=None) -> int:
         report['phases'][name] = dict(status='skipped', reason='not in --phases')
       elif limit < 20:
         report['phases'][name] = dict(status='skipped', reason='out of time (--deadline_s)')
+      elif name == 'two' and len(report['machine']['devices']) < 2:
+        report['phases'][name] = dict(status='skipped', reason='1 device')
       else:
         print(f'device check: {name} (up to {limit:.0f} s)', file=sys.stderr, flush=True)
         report['phases'][name] = (_tests(a, limit, out) if name == 'tests'

@@ -132,8 +132,6 @@ def autotune(spec: str, batch: int, steps: int) -> dict:
 def two_devices() -> dict:
   """The test suite's smoke run (tests/train/test_step.py) on 1 and on 2 of this
   machine's devices: init, losses and parameters within the suite's tolerances."""
-  if len(jax.devices()) < 2:
-    return dict(status='skipped', reason=f'{len(jax.devices())} device(s)')
   sys.path[:0] = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'tests', 'train')]
   import test_step  # pylint: disable=g-import-not-at-top
   one = test_step.run_steps(devices=jax.devices()[:1])[2]

@@ -73,7 +73,8 @@ def rows(report: dict) -> list:
   tuned = ph.get('autotune', {})
   add("XLA's default autotuning: start-up; step", tuned.get('status') == 'ok' and (
       f"{tuned['first_step_s']:.1f} s to the first step; {tuned['step_s'] * 1e3:.1f} ms/step; "
-      f"the short compile's step / this one: {_num(d.get('short_compile_step_over_autotuned'), '.3f')}"),
+      "the short compile's step / this one: "
+      f"{_num(d.get('short_compile_step_over_autotuned'), '.3f')}"),
       'autotune')
   return out
 
@@ -83,7 +84,8 @@ def markdown(report: dict) -> str:
   head = (f"Device check, {report['started']}: {m.get('device_kind', '?')} "
           f"({m.get('backend', '?')}, {len(m.get('devices', []))} device(s)), jax {m.get('jax')}, "
           f"jaxlib {m.get('jaxlib')}, flax {m.get('flax')}, Python {m.get('python')}, "
-          f"{m.get('cpu_count')} CPUs ({m.get('cpu')}, load {m.get('load')}). Command: `{report['command']}`; autotune level "
+          f"{m.get('cpu_count')} CPUs ({m.get('cpu')}, load {m.get('load')}). "
+          f"Command: `{report['command']}`; autotune level "
           f"{report['options']['autotune_level'] or 'default'} except where said.\n")
   if report.get('missing_packages'):
     return head + f"\nNot run: missing Python packages {report['missing_packages']}.\n"

@@ -28,7 +28,7 @@ def _report():
                      eiw_bf16=model(0.25, 3.51), eiw_step_time_over_vanilla=0.4 / 0.39,
                      bf16_speedup=1.6, bf16_loss_minus_float32=0.01, trained_steps=16,
                      device_peak_bytes=30e9),
-          two=dict(status='skipped', reason='1 device(s)'),
+          two=dict(status='skipped', reason='1 device'),
           peer=dict(status='ok', images_per_s=40.0, batch=64),
           autotune=dict(status='timeout', seconds=400.0)))
 
@@ -45,7 +45,7 @@ def test_the_table_has_a_row_per_measurement_and_the_ratios_across_phases(tmp_pa
   assert 'tests/x.py::t FAILED' in table and '| failed |' in table
   assert '52.0 s to the end of the first step' in table and '12.0 s' in table
   assert '160.0 images/s' in table and 'EIW / peer 4' in table
-  assert '1.600x; +0.01 nats' in table and '| 1 device(s) | skipped |' in table
+  assert '1.600x; +0.01 nats' in table and '| 1 device | skipped |' in table
   assert table.rstrip().endswith('| timeout |')
 
 
@@ -70,7 +70,7 @@ def test_a_smoke_run_on_the_cpu_writes_every_phase(tmp_path):
   phases = report['phases']
   assert list(phases) == list(device_check.PHASES)
   assert phases['tests']['passed'] > 0 and phases['tests']['failed'] == 0
-  assert phases['two'] == dict(phases['two'], status='skipped', reason='1 device(s)')
+  assert phases['two'] == dict(status='skipped', reason='1 device')
   for name in ('cold', 'warm', 'paper', 'peer', 'autotune'):
     assert phases[name]['status'] == 'ok', (name, phases[name])
   cold, warm = phases['cold'], phases['warm']
