@@ -24,6 +24,9 @@ stderr and exit code 1, without waiting on the dead process:
     `train.heartbeat_timeout_s / 2` seconds (50 s by default), or a lost
     coordinator, ends the process. That is before JAX's own heartbeat check
     (`train.heartbeat_timeout_s`), which would abort with a native stack trace.
+    A process counts once it has started counting: one still compiling its step
+    (a busy host, or a compilation cache it missed) is not yet in the loop, and
+    JAX's own check covers it until then.
 A process that has left the training loop (done, or stopped by SIGTERM) says so,
 and is no longer watched.
 """
@@ -164,7 +167,7 @@ class Watchdog:
           del seen[p]
         elif new != value:
           seen[p] = (new, now)
-        elif now - since > self._timeout and not self._stop.is_set():
+        elif value is not None and now - since > self._timeout and not self._stop.is_set():
           _stop_now(f'process {p} has shown no sign of life for {self._timeout:.0f}s '
                     '(train.heartbeat_timeout_s / 2); it has probably died')
 

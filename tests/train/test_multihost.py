@@ -186,3 +186,44 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   assert f'resumed from step {newest}' in run.output(0)
   assert_bitwise(saved_params(workdir), saved_params(two[0]))
   assert metrics_of(workdir) == metrics_of(two[0])
+
+
+class _Store:
+  """JAX's key-value store as the Watchdog uses it; peer 1 writes what `beats` says."""
+
+  def __init__(self, beats):
+    self.beats, self.calls = beats, 0
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    del key, value, allow_overwrite
+
+  def key_value_try_get(self, key):
+    assert key.endswith('/1')
+    self.calls += 1
+    beat = self.beats(self.calls)
+    if beat is None:
+      raise KeyError(key)  # not written yet
+    return beat
+
+
+@pytest.mark.parametrize('beats, stops', [
+    (lambda n: None, False),                   # still compiling its step: not judged yet
+    (lambda n: str(n), False),                 # alive
+    (lambda n: '1', True),                     # counted once, then silent: dead
+])
+def test_the_watchdog_judges_a_peer_once_it_has_started_counting(monkeypatch, beats, stops):
+  from eiw_jax.train import multihost  # pylint: disable=g-import-not-at-top
+  stopped = []
+  monkeypatch.setattr(multihost.jax, 'process_index', lambda: 0)
+  monkeypatch.setattr(multihost.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost, '_stop_now', stopped.append)
+  watchdog = multihost.Watchdog(timeout=0.3)
+  watchdog._client = _Store(beats)  # pylint: disable=protected-access
+  thread = multihost.threading.Thread(
+      target=watchdog._watch, daemon=True)  # pylint: disable=protected-access
+  thread.start()
+  time.sleep(1.2)
+  watchdog._stop.set()  # pylint: disable=protected-access
+  thread.join(5)
+  assert bool(stopped) == stops, stopped
+  assert not stops or 'process 1 has shown no sign of life' in stopped[0]
