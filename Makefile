@@ -1,6 +1,16 @@
 # make test : create .venv if needed, install everything, run the test suite.
 # make demo : train Fashion-MNIST (:small, 10000 steps or 20 min), evaluate, write samples.
-PYTHON ?= python3
+# make install-cuda12 (or install-cuda13, install-tpu): .venv with the accelerator build
+#   of the pinned jax (pyproject's extras).
+# make device-check : the checks and timings for a GPU or TPU machine, with the Python
+#   and JAX already there (no .venv, no network); see benchmarks/device_check.py.
+# jax 0.11 and later need Python 3.12: take the first Python 3.12+ on PATH or in pyenv,
+# else python3 (on 3.11, requirements.txt installs the oldest supported jax).
+FOUND_PYTHON := $(shell for p in python3.12 python3.13 python3.14 \
+  $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-4]*/bin/python3 2>/dev/null); do \
+  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && \
+  { echo "$$p"; exit; }; done; echo python3)
+PYTHON ?= $(FOUND_PYTHON)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/fashion_mnist_small
@@ -12,9 +22,12 @@ DEMO_MINUTES ?= 20
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install install-cuda12 install-cuda13 install-tpu test demo bench device-check device-wheels clean-demo
 
 $(VENV)/.installed: requirements.txt pyproject.toml
+	@# a .venv of another Python (say 3.11 before a 3.12 was found) is made afresh
+	@[ ! -x $(PY) ] || [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" = \
+	  "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ] || rm -rf $(VENV)
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3-venv is missing; installing it (Debian/Ubuntu)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -24,6 +37,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed
+
+# The same jax version as requirements.txt, built for the accelerator.
+install-cuda12 install-cuda13 install-tpu: install-%: install
+	$(PY) -m pip install -q -e '.[$*]'
 
 test: install
 	$(PY) -m pytest -q -n auto --dist loadfile tests
@@ -46,6 +63,22 @@ demo: install /usr/share/datasets/fashion-mnist
 
 bench: install
 	$(HUGE_PAGES) $(PY) bench.py --config=configs/fashion_mnist.py:small
+
+# The device check runs on the machine's own Python (this .venv if there is one) with
+# the JAX it has. Pure-Python packages that a GPU image may lack come from wheels/ when
+# present: `make device-wheels` fills it on a machine with a network.
+DEVICE_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+DEVICE_OUT ?= device_check
+DEVICE_WHEELS := ml_collections==1.1.0 tensorboardX==2.6.5
+device-check:
+	@mkdir -p $(DEVICE_OUT)
+	@if ls wheels/*.whl >/dev/null 2>&1; then $(DEVICE_PYTHON) -m pip install -q --no-index \
+	  --no-deps --no-compile --upgrade --target $(DEVICE_OUT)/site wheels/*.whl; fi
+	PYTHONPATH=$(CURDIR)/$(DEVICE_OUT)/site$${PYTHONPATH:+:$$PYTHONPATH} \
+	  $(DEVICE_PYTHON) -m benchmarks.device_check --out=$(DEVICE_OUT) $(DEVICE_ARGS)
+
+device-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d wheels $(DEVICE_WHEELS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -26,6 +26,9 @@ stderr and exit code 1, without waiting on the dead process:
     `train.heartbeat_timeout_s / 2` seconds (50 s by default), or a lost
     coordinator, ends the process. That is before JAX's own heartbeat check
     (`train.heartbeat_timeout_s`), which would abort with a native stack trace.
+    A process counts once it has started counting: one still compiling its step
+    (a busy host, or a compilation cache it missed) is not yet in the loop, and
+    JAX's own check covers it until then.
 A process that has left the training loop (done, or stopped by SIGTERM) says so,
 and is no longer watched.
 """

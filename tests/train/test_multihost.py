@@ -155,7 +155,7 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   # with one line and exit code 1, within train.heartbeat_timeout_s / 2 = 10 s of
   # silence (not JAX's abort at 20 s, not a hang).
   run = Run(env, workdir, logs)
-  run.wait_for(lambda: committed(workdir)[-1:] > [0])  # a checkpoint after the init's
+  run.wait_for(lambda: committed(workdir))
   run.procs[1].kill()
   t0 = time.time()
   codes = run.wait(timeout=60)
@@ -188,43 +188,42 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   assert metrics_of(workdir) == metrics_of(two[0])
 
 
-class _FakeClient:
-  """The coordination service's key-value store, as the watchdog uses it."""
+class _Store:
+  """JAX's key-value store as the Watchdog uses it; peer 1 writes what `beats` says."""
 
-  def __init__(self):
-    self.store = {}
+  def __init__(self, beats):
+    self.beats, self.calls = beats, 0
 
   def key_value_set(self, key, value, allow_overwrite=False):
-    del allow_overwrite
-    self.store[key] = value
+    del key, value, allow_overwrite
 
   def key_value_try_get(self, key):
-    if key not in self.store:
-      raise KeyError(key)
-    return self.store[key]
+    assert key.endswith('/1')
+    self.calls += 1
+    beat = self.beats(self.calls)
+    if beat is None:
+      raise KeyError(key)  # not written yet
+    return beat
 
 
-@pytest.mark.parametrize('peer_beats', [False, True])
-def test_the_watchdog_waits_for_a_starting_peer_and_stops_for_a_silent_one(monkeypatch,
-                                                                           peer_beats):
-  """Process 0's watchdog beside a peer that never beats (still compiling: not judged)
-  and beside one that beats once and falls silent (stopped after the timeout)."""
+@pytest.mark.parametrize('beats, stops', [
+    (lambda n: None, False),                   # still compiling its step: not judged yet
+    (lambda n: str(n), False),                 # alive
+    (lambda n: '1', True),                     # counted once, then silent: dead
+])
+def test_the_watchdog_judges_a_peer_once_it_has_started_counting(monkeypatch, beats, stops):
   from eiw_jax.train import multihost  # pylint: disable=g-import-not-at-top
   stopped = []
-  monkeypatch.setattr(jax, 'process_index', lambda: 0)
-  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost.jax, 'process_index', lambda: 0)
+  monkeypatch.setattr(multihost.jax, 'process_count', lambda: 2)
   monkeypatch.setattr(multihost, '_stop_now', stopped.append)
-  watchdog = multihost.Watchdog(timeout=0.3)  # checks every 0.1 s
-  watchdog._client = client = _FakeClient()
-  if peer_beats:
-    client.store[f'{watchdog._KEY}1'] = '1'
-  thread = multihost.threading.Thread(target=watchdog._watch, daemon=True)
+  watchdog = multihost.Watchdog(timeout=0.3)
+  watchdog._client = _Store(beats)  # pylint: disable=protected-access
+  thread = multihost.threading.Thread(
+      target=watchdog._watch, daemon=True)  # pylint: disable=protected-access
   thread.start()
-  time.sleep(1.5)
-  watchdog._stop.set()
-  thread.join()
-  assert client.store[f'{watchdog._KEY}0'] != '0'  # its own signs of life
-  if peer_beats:
-    assert stopped and 'process 1 has shown no sign of life' in stopped[0], stopped
-  else:
-    assert not stopped, stopped
+  time.sleep(1.2)
+  watchdog._stop.set()  # pylint: disable=protected-access
+  thread.join(5)
+  assert bool(stopped) == stops, stopped
+  assert not stops or 'process 1 has shown no sign of life' in stopped[0]

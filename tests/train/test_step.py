@@ -83,22 +83,29 @@ def one_device(many_devices):
   return run_steps()
 
 
+def assert_agree(one, many, n):
+  """The results of `run_steps` on 1 device (`one`) and on n (`many`, keys 'n/...')
+  agree within the tolerances of the module docstring. Also the device check's
+  comparison of 1 and 2 real devices (benchmarks/device_phases.py)."""
+  lr = smoke_config().optim.lr
+  assert {k.split('/', 1)[1] for k in many if k.startswith(f'{n}/')} == {
+      k for k in one if not k.startswith('grad/')}
+  for key in sorted(k for k in one if not k.startswith(('grad/', 'params/'))):
+    tol = dict(rtol=1e-6) if key.startswith('loss') else dict(atol=1e-5)
+    np.testing.assert_allclose(many[f'{n}/{key}'], one[key], **tol, err_msg=f'{n}: {key}')
+  for key in sorted(k for k in one if k.startswith('params/')):
+    diff = np.abs(many[f'{n}/{key}'] - one[key])
+    rounding = np.abs(one[key.replace('params', 'grad')]) < 1e-5
+    assert diff[~rounding].max(initial=0) <= 1e-5, (n, key, diff[~rounding].max())
+    assert diff.max(initial=0) <= 2 * lr * NUM_STEPS + 1e-5, (n, key, diff.max())
+
+
 def test_1_2_4_8_devices_agree(many_devices, one_device):
   output, returncode, path = many_devices()
   assert returncode == 0, output
   many, one = dict(np.load(path)), one_device[2]
-  lr = smoke_config().optim.lr
   for n in COUNTS:
-    assert {k.split('/', 1)[1] for k in many if k.startswith(f'{n}/')} == {
-        k for k in one if not k.startswith('grad/')}
-    for key in sorted(k for k in one if not k.startswith(('grad/', 'params/'))):
-      tol = dict(rtol=1e-6) if key.startswith('loss') else dict(atol=1e-5)
-      np.testing.assert_allclose(many[f'{n}/{key}'], one[key], **tol, err_msg=f'{n}: {key}')
-    for key in sorted(k for k in one if k.startswith('params/')):
-      diff = np.abs(many[f'{n}/{key}'] - one[key])
-      rounding = np.abs(one[key.replace('params', 'grad')]) < 1e-5
-      assert diff[~rounding].max(initial=0) <= 1e-5, (n, key, diff[~rounding].max())
-      assert diff.max(initial=0) <= 2 * lr * NUM_STEPS + 1e-5, (n, key, diff.max())
+    assert_agree(one, many, n)
 
 
 def test_batch_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
