@@ -1,5 +1,6 @@
 # make test : create .venv if needed, install everything, run the test suite.
-# make demo : train Fashion-MNIST (:small, 10000 steps or 20 min), evaluate, write samples.
+# make demo : train Fashion-MNIST (a small DenseFlow, 20 min), evaluate, write samples;
+#   DEMO_CONFIG=configs/fashion_mnist.py:small trains the earlier Glow demo instead.
 # make install-cuda12 (or install-cuda13, install-tpu): .venv with the accelerator build
 #   of the pinned jax (pyproject's extras).
 # make device-check : the checks and timings for a GPU or TPU machine, with the Python
@@ -13,7 +14,8 @@ FOUND_PYTHON := $(shell for p in python3.12 python3.13 python3.14 \
 PYTHON ?= $(FOUND_PYTHON)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DIR ?= runs/fashion_mnist_small
+DEMO_CONFIG ?= configs/fashion_mnist.py:denseflow_small
+DEMO_DIR ?= runs/$(subst .py:,_,$(notdir $(DEMO_CONFIG)))
 DEMO_MINUTES ?= 20
 # glibc backs the large buffers that XLA:CPU allocates and frees at every step with
 # transparent huge pages (where the kernel gives them on request) instead of faulting
@@ -52,7 +54,7 @@ test: install
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
 demo: install /usr/share/datasets/fashion-mnist
-	$(HUGE_PAGES) $(PY) train.py --config=configs/fashion_mnist.py:small --config.train.max_minutes=$(DEMO_MINUTES) \
+	$(HUGE_PAGES) $(PY) train.py --config=$(DEMO_CONFIG) --config.train.max_minutes=$(DEMO_MINUTES) \
 	  --workdir=$(DEMO_DIR)
 	$(HUGE_PAGES) $(PY) eval.py --workdir=$(DEMO_DIR) --mode=bpd
 	$(HUGE_PAGES) $(PY) eval.py --workdir=$(DEMO_DIR) --mode=samples

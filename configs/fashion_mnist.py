@@ -1,10 +1,14 @@
 """Fashion-MNIST, 28x28x1, K = 2 scales of N = 6 Glow steps (as the paper's MNIST model).
 
 Reference: Glow with 2x16 couplings reaches 3.14 bits/dim after 80 epochs (DESIGN §3);
-the paper reports no Fashion-MNIST number. `:small` (the `make demo` model) trains
-for up to 10000 steps, which `make demo` cuts at 20 minutes; the README lists what
-it reached.
+the paper reports no Fashion-MNIST number. `:small` is a Glow of width 96 for 2 CPU
+cores (the demo's model until 2026-12-06: `make demo DEMO_CONFIG=configs/fashion_mnist.py:small`).
 Offline data: Debian's `dataset-fashion-mnist` is used automatically when installed.
+
+`:denseflow` is the paper's MNIST model and schedule (configs/mnist.py) on Fashion-MNIST;
+`:denseflow_small` (the `make demo` model) its narrow version for 2 CPU cores, trained
+until `make demo` cuts it at 20 minutes (eiw_jax/train/recipes.py: denseflow_demo);
+`:denseflow_smoke` a tiny one for tests.
 
 `:ffjord` is a continuous flow sized for 2 CPU cores within the hour: a multi-scale
 FFJORD (eiw_jax/ffjord.py) with the Shuffle, lambda = 1e-4 (the paper's Table 6 best
@@ -18,6 +22,10 @@ from eiw_jax.train import config as config_lib, recipes
 
 
 def get_config(arg=None):
+  is_denseflow, arg = recipes.split_variant(arg, 'denseflow')
+  if is_denseflow:
+    return recipes.apply_variant(recipes.denseflow_28x28('fashion_mnist'), arg,
+                                 recipes.denseflow_demo)
   is_ffjord, arg = recipes.split_variant(arg, 'ffjord')
   if is_ffjord:
     cfg = recipes.ffjord_base(name='fashion_mnist', image_size=28, channels=1,

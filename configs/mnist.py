@@ -26,18 +26,6 @@ and the importance-weighted one with k = 1,000 draws (as CIFAR-10).
 from eiw_jax.train import recipes
 
 
-def small(cfg) -> None:
-  recipes.denseflow_small(cfg)
-  recipes.tiny_denseflow(cfg, units=(2, 1), modules=(2, 4), hidden=24, depth=2,
-                            dense_growth=16, growth=4, dequant_hidden=16)
-
-
 def get_config(arg=None):
-  cfg = recipes.denseflow_base(name='mnist', image_size=28, batch_size=64, train_steps=1,
-                                  channels=1, num_scales=2)
-  d = cfg.model.denseflow
-  d.units, d.modules = [6, 1], [5, 20]
-  d.net.num_landmarks = 7
-  recipes.paper_training(cfg, train_size=60_000, epochs=100, finetune_epochs=5,
-                            augment='none', iw_samples=1000)
-  return recipes.apply_variant(cfg, arg, small)
+  return recipes.apply_variant(recipes.denseflow_28x28('mnist'), arg,
+                               recipes.denseflow_28x28_small)

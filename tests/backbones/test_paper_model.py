@@ -92,6 +92,23 @@ def test_mnist_config_has_the_papers_mnist_settings():
   assert jax.tree.leaves(variables)
 
 
+def test_fashion_mnists_denseflow_is_mnists_and_the_demo_is_its_small_one_cut_by_time():
+  """`:denseflow` is the paper's MNIST model and schedule on Fashion-MNIST; `make demo`
+  trains `:denseflow_small`, mnist's `:small` without fine-tuning, for as many steps as
+  its 20 minutes allow."""
+  for arg, mnist_arg in (('denseflow', None), ('denseflow_small', 'small'),
+                         ('denseflow_smoke', 'smoke')):
+    cfg, mnist = load_config('fashion_mnist', arg), load_config('mnist', mnist_arg)
+    config_lib.validate_run(cfg)
+    assert cfg.data.name == 'fashion_mnist'
+    assert cfg.model.to_dict() == mnist.model.to_dict(), arg
+  demo, small = load_config('fashion_mnist', 'denseflow_small'), load_config('mnist', 'small')
+  assert demo.data.batch_size == small.data.batch_size and demo.optim.lr == small.optim.lr
+  assert demo.optim.finetune_after == 0 and demo.train.num_steps >= 100_000
+  with open(os.path.join(ROOT, 'Makefile')) as f:
+    assert 'DEMO_CONFIG ?= configs/fashion_mnist.py:denseflow_small' in f.read()
+
+
 @pytest.fixture(scope='module')
 def tiny():
   cfg = recipes.denseflow_base(name='cifar10', image_size=8, batch_size=2, train_steps=1)
