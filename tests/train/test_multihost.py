@@ -155,7 +155,10 @@ def test_dead_process_sigterm_of_one_and_bitwise_resume(two, env, tmp_path):
   # with one line and exit code 1, within train.heartbeat_timeout_s / 2 = 10 s of
   # silence (not JAX's abort at 20 s, not a hang).
   run = Run(env, workdir, logs)
-  run.wait_for(lambda: committed(workdir))
+  # Step 0 is saved before training starts: wait for a checkpoint of a trained step,
+  # so that the run has a history (metrics.jsonl) to keep.
+  run.wait_for(lambda: committed(workdir)[-1:] > [0]
+               and os.path.exists(os.path.join(workdir, 'metrics.jsonl')))
   run.procs[1].kill()
   t0 = time.time()
   codes = run.wait(timeout=60)
