@@ -41,15 +41,23 @@ def test_flag_typos_are_one_line_exit_2(args, words, monkeypatch, capsys):
   assert all(w in err for w in words), err
 
 
-def _parse(argv, monkeypatch):
+def _eval_flags(argv, monkeypatch, required=()):
+  """Parses argv as eval.py does (--config optional; train.py: `required` both); returns
+  the FlagValues."""
   monkeypatch.chdir(ROOT)
   monkeypatch.setattr(sys, 'argv', argv)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, '', flag_values=fv, lock_config=True)
   flags.DEFINE_string('workdir', None, '', flag_values=fv)
-  flags.mark_flags_as_required(['config', 'workdir'], flag_values=fv)
+  if required:
+    flags.mark_flags_as_required(list(required), flag_values=fv)
+  cli.parse_flags(argv, fv)
+  return fv
+
+
+def _parse(argv, monkeypatch):
   with pytest.raises(SystemExit) as e:
-    cli.parse_flags(argv, fv)
+    _eval_flags(argv, monkeypatch, required=('config', 'workdir'))
   assert e.value.code == 2
   return e
 
@@ -97,17 +105,6 @@ def test_unknown_override_keys_are_named(override, words, monkeypatch, capsys):
     cli.parse_flags(argv, fv)
   assert e.value.code == 2
   assert capsys.readouterr().err == f'error: {words}\n'
-
-
-def _eval_flags(argv, monkeypatch):
-  """Parses argv as eval.py does (--config optional); returns the FlagValues."""
-  monkeypatch.chdir(ROOT)
-  monkeypatch.setattr(sys, 'argv', argv)
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, '', flag_values=fv, lock_config=True)
-  flags.DEFINE_string('workdir', None, '', flag_values=fv)
-  cli.parse_flags(argv, fv)
-  return fv
 
 
 @pytest.mark.parametrize('source,words', [
