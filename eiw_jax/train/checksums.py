@@ -12,8 +12,11 @@ import hashlib
 import json
 import os
 
+from eiw_jax.train import files
+
 FILENAME = 'checksums.json'
 _CHUNK = 1 << 20
+_TEMPORARY = '.' + os.path.splitext(FILENAME)[0] + '.tmp-'  # files.temporary_name
 
 
 def _digest(path: str) -> str:
@@ -29,7 +32,7 @@ def _files(step_dir: str) -> list[str]:
   for dirpath, _, filenames in os.walk(step_dir):
     for name in filenames:
       rel = os.path.relpath(os.path.join(dirpath, name), step_dir)
-      if rel != FILENAME and not rel.startswith(FILENAME):
+      if not rel.startswith((FILENAME, _TEMPORARY)):  # ours, or ours being written
         out.append(rel)
   return sorted(out)
 
@@ -38,10 +41,7 @@ def write(step_dir: str) -> None:
   """Records the size and SHA-256 of every file of a committed step (atomically)."""
   table = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
                  _digest(os.path.join(step_dir, rel))] for rel in _files(step_dir)}
-  path = os.path.join(step_dir, FILENAME)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(table, f, indent=0, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  files.write_text(os.path.join(step_dir, FILENAME), json.dumps(table, indent=0, sort_keys=True))
 
 
 def has(step_dir: str) -> bool:
